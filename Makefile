@@ -1,0 +1,42 @@
+# Set-up and entry points. Every target that runs code first makes sure the virtual
+# environment exists and matches pyproject.toml (idempotent: a second call does nothing).
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel by default; a GPU user passes their own build, e.g.
+#   make setup TORCH_SPEC="torch==2.9.1 --index-url https://download.pytorch.org/whl/cu128"
+# or installs torch into .venv first (an importable torch is never replaced).
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# dvc runs stage commands through the shell: put the venv first on PATH so `python` is ours.
+RUN := PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1
+
+.PHONY: setup run test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## run: the main job, the whole DAG on the embedded default profile
+run: setup
+	$(RUN) $(BIN)/dvc repro
+
+## test: the full suite, slow end-to-end tests included (this is what CI runs)
+test: setup
+	$(RUN) $(BIN)/pytest
+
+test-fast: setup
+	$(RUN) $(BIN)/pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: setup
+	$(RUN) $(BIN)/python -m benchmarks.corpus_build
+
+clean:
+	rm -rf $(VENV)

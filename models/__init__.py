@@ -1,0 +1,1 @@
+"""Networks, losses and samplers: plain PyTorch, no file I/O, no params.yaml."""

@@ -1,0 +1,61 @@
+"""Atomic writes: a reader never sees a half-written file or directory.
+
+Everything is written under a temporary name in the destination's own directory (same
+file system) and renamed into place only once complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@contextlib.contextmanager
+def atomic_path(destination: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success it replaces `destination`."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        os.replace(temporary, destination)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(destination: Path) -> Iterator[Path]:
+    """Yield an empty temporary directory; on success it replaces `destination` whole."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        yield temporary
+        if destination.exists():
+            shutil.rmtree(destination)
+        os.replace(temporary, destination)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as temporary:
+        frame.to_parquet(temporary, index=False)

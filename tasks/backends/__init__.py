@@ -1,0 +1,1 @@
+"""Pretrained-model backends (CLAP, text encoder, codec, ...), selected by params `backends.*`."""

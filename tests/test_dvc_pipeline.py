@@ -1,0 +1,79 @@
+"""`dvc repro` in a scratch git repo: the stage runs, a second repro reproduces nothing."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, TINY_DATA
+
+pytestmark = pytest.mark.slow
+
+
+def _run(command: list[str], cwd: Path, env: dict) -> str:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture
+def scratch_repo(tmp_path: Path, shipped_params: dict) -> tuple[Path, dict]:
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, tmp_path / name)
+    shutil.copytree(
+        REPO / "tasks", tmp_path / "tasks", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    raw = {
+        **shipped_params,
+        "data": {
+            **shipped_params["data"],
+            **TINY_DATA,
+            "num_tracks": 8,
+            "eval_prompt_count": 2,
+            "workers": 2,
+        },
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {
+        **os.environ,
+        # dvc runs `python -m tasks.corpus` through the shell: the interpreter of this venv
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "ci",
+        "GIT_AUTHOR_EMAIL": "ci@localhost",
+        "GIT_COMMITTER_NAME": "ci",
+        "GIT_COMMITTER_EMAIL": "ci@localhost",
+    }
+    _run(["git", "init", "-q"], tmp_path, env)
+    _run([sys.executable, "-m", "dvc", "init", "-q"], tmp_path, env)
+    return tmp_path, env
+
+
+def test_repro_builds_corpus_then_is_a_no_op(scratch_repo):
+    root, env = scratch_repo
+    dvc = [sys.executable, "-m", "dvc"]
+    first = _run([*dvc, "repro"], root, env)
+    assert "Running stage 'corpus'" in first
+    assert (root / "data/corpus/tracks.parquet").exists()
+    assert (root / "dvc.lock").exists()
+    second = _run([*dvc, "repro"], root, env)
+    assert "Running stage" not in second
+    assert "didn't change" in second or "up to date" in second
+    metrics = _run([*dvc, "metrics", "show", "--json"], root, env)
+    assert '"tracks": 8' in metrics
+    # a params change the stage depends on makes it stale again; one it ignores does not
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["optim"]["steps"] = 7
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "up to date" in _run([*dvc, "status"], root, env)
+    params["data"]["num_tracks"] = 9
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert re.search(r"modified:\s+data\b", _run([*dvc, "status"], root, env))

@@ -1,0 +1,167 @@
+"""The typed config: shipped files validate, bad values fail naming the dotted key."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.params import ParamsError, dvc_set_arguments, load_params, merge, stack
+from tests.conftest import REPO, params_with
+
+OVERLAYS = sorted((REPO / "params").glob("*.yaml"))
+PAPER = REPO / "params/paper_scale.yaml"
+
+
+def test_shipped_params_load_with_paper_values(shipped_params):
+    params = params_with(shipped_params, {})
+    # paper 000 §II-A, §II-C, §II-D and Table II
+    assert params.curate.candidates_per_track == 15
+    assert params.curate.segment_seconds == 10.0
+    assert (params.curate.high_threshold, params.curate.medium_threshold) == (0.33, 0.20)
+    assert params.curate.keep_per_track == 6
+    assert params.train.timestep.score_clip_percentile == 75.0
+    assert params.train.timestep.beta_lambda == 1.0
+    assert params.model.repa.clap.weight == 0.2
+    assert params.model.repa.clap.projection_dim == 512
+    assert params.model.repa.muq.projection_dim == 1024
+    assert params.model.repa.clap.time_weight_exponent == 2.0
+    assert params.train.optim.learning_rate == 1e-4
+    assert params.train.optim.weight_decay == 1e-6
+    assert params.train.optim.grad_clip == 1.0
+    assert params.train.optim.lr_gamma == 0.1
+    assert params.captions.finetune_fraction == 0.4
+    # paper 003 §4.1 / §5.2
+    assert params.quality.levels == 5
+    assert params.sample.cfg_scale == 3.5
+
+
+@pytest.mark.parametrize(
+    ("overlay", "key", "fragment"),
+    [
+        ({"data": {"nmu_tracks": 3}}, "data.nmu_tracks", "unknown key"),
+        ({"model": {"depth": "twelve"}}, "model.depth", "valid integer"),
+        (
+            {"train": {"timestep": {"beta_lambda": -1.0}}},
+            "train.timestep.beta_lambda",
+            "greater than or equal to 0",
+        ),
+        ({"model": {"masking": {"mask_ratio": 1.0}}}, "model.masking.mask_ratio", "less than 1"),
+        ({"curate": {"medium_threshold": 0.5}}, "curate", "medium_threshold must be <="),
+        ({"model": {"fused_depth": 13}}, "model", "fused_depth must be <= depth"),
+        (
+            {"data": {"noise": {"degraded_fraction": 1.5}}},
+            "data.noise.degraded_fraction",
+            "less than or equal to 1",
+        ),
+        ({"quality": {"inference_level": 6}}, "quality", "inference_level must be <= levels"),
+    ],
+)
+def test_bad_values_name_their_key(shipped_params, overlay, key, fragment):
+    raw = copy.deepcopy(shipped_params)
+    for section, values in overlay.items():
+        _deep_update(raw[section], values)
+    with pytest.raises(ParamsError) as caught:
+        params_with(raw, {})
+    message = str(caught.value)
+    assert f"  {key}: " in message
+    assert fragment in message
+
+
+def test_missing_key_is_reported(shipped_params):
+    raw = copy.deepcopy(shipped_params)
+    del raw["train"]["optim"]["warmup_steps"]
+    with pytest.raises(ParamsError, match=r"train\.optim\.warmup_steps: Field required"):
+        params_with(raw, {})
+
+
+def test_config_is_frozen(tiny_params):
+    with pytest.raises(Exception, match="frozen"):
+        tiny_params.data.num_tracks = 3
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_overlays_validate_against_params_yaml(overlay):
+    load_params(REPO / "params.yaml", overlays=(overlay,))
+    load_params(REPO / "params.yaml", overlays=(PAPER, overlay))
+
+
+def test_overlay_with_unknown_key_fails(tmp_path):
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text("model:\n  hiden_dim: 3\n")
+    with pytest.raises(ParamsError, match=r"model\.hiden_dim: unknown key"):
+        load_params(REPO / "params.yaml", overlays=(overlay,))
+
+
+def test_table2_overlay_is_the_paper_configuration():
+    params = load_params(REPO / "params.yaml", overlays=(PAPER, REPO / "params/table2_450m.yaml"))
+    model = params.model  # paper 000 Table II
+    assert (model.latent_dim, model.hidden_dim, model.num_heads) == (64, 896, 7)
+    assert (model.depth, model.fused_depth, model.latent_seq_len) == (12, 10, 250)
+    assert params.train.optim.warmup_steps == 1000
+    assert params.finetune.optim.steps == 10_000
+    assert params.backends.clap.name == "laion"
+    small = load_params(
+        REPO / "params.yaml", overlays=(PAPER, REPO / "params/fluxaudio_s_ablation.yaml")
+    ).model
+    assert (small.hidden_dim, small.num_heads, small.depth, small.fused_depth) == (448, 7, 12, 8)
+
+
+def test_dvc_set_arguments_round_trip(tmp_path):
+    """The printed `-S key=value` pairs, applied to params.yaml, give the overlay's values."""
+    overlays = (PAPER, REPO / "params/table2_450m.yaml")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for argument in dvc_set_arguments(overlays, base=REPO / "params.yaml"):
+        flag, assignment = shlex.split(argument)
+        assert flag == "-S"
+        dotted, value = assignment.split("=", 1)
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = yaml.safe_load(value)
+    expected = merge(yaml.safe_load((REPO / "params.yaml").read_text()), stack(overlays))
+    assert raw == expected
+
+
+def test_cli_check_exits_nonzero_naming_the_key(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["model"]["masking"]["mask_ratio"] = 1.2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = subprocess.run(
+        [sys.executable, "-m", "tasks.params", "check"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=_env_with_repo(),
+    )
+    assert result.returncode != 0
+    assert "model.masking.mask_ratio" in result.stderr
+
+
+def _env_with_repo() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def _deep_update(target: dict, values: dict) -> None:
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = value
+
+
+def test_paths_in_overlays_exist():
+    assert OVERLAYS, "params/ must ship the paper-scale overlays"
+    assert {p.name for p in OVERLAYS} >= {
+        "paper_scale.yaml",
+        "table2_450m.yaml",
+        "fluxaudio_s_ablation.yaml",
+    }
+    assert all(isinstance(yaml.safe_load(Path(p).read_text()), dict) for p in OVERLAYS)
