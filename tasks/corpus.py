@@ -183,12 +183,7 @@ def build_embedded_corpus(data: DataParams, seed: int, root: Path) -> Corpus:
             **caption,
             "quality_level": job.quality_level,
             "degradation": job.degradation,
-            "genre": spec.genre,
-            "mood": spec.mood,
-            "tempo_bpm": spec.tempo_bpm,
-            "key": spec.key,
-            "mode": spec.mode,
-            "time_signature": spec.time_signature,
+            **spec.attributes(),
             "chord_progression": "-".join(_numerals(spec)),
             "instruments": spec.instruments,
             "sections": json.dumps(spec.section_table()),
@@ -223,11 +218,7 @@ def eval_prompts(
                 "prompt_id": f"p{index:04d}",
                 "track_id": spec.track_id,
                 "prompt": concise(claims_of(spec), _rng(seed, 5, index)),
-                "genre": spec.genre,
-                "mood": spec.mood,
-                "tempo_bpm": spec.tempo_bpm,
-                "key": spec.key,
-                "mode": spec.mode,
+                **spec.attributes(),  # columns the prompt table lacks are dropped
                 "instruments": spec.instruments,
             }
         )

@@ -389,11 +389,21 @@ def stack(overlays: Sequence[Path]) -> dict[str, Any]:
     return combined
 
 
+def hydra_value(value: Any) -> str:
+    """`value` in the Hydra override grammar that `dvc exp run -S` parses (dict keys bare)."""
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{key}:{hydra_value(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(hydra_value(item) for item in value) + "]"
+    return json.dumps(value)  # strings quoted, null/true/false, numbers
+
+
 def dvc_set_arguments(overlays: Sequence[Path], base: Path = PARAMS_FILE) -> list[str]:
     """`-S key=value` arguments for `dvc exp run` that apply `overlays`, validated first."""
     load_params(base, overlays=tuple(overlays))
     return [
-        f"-S {shlex.quote(f'{key}={json.dumps(value)}')}" for key, value in flatten(stack(overlays))
+        f"-S {shlex.quote(f'{key}={hydra_value(value)}')}"
+        for key, value in flatten(stack(overlays))
     ]
 
 

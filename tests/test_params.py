@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from dvc.utils.hydra import apply_overrides
 
 from tasks.params import ParamsError, dvc_set_arguments, load_params, merge, stack
 from tests.conftest import REPO, params_with
@@ -114,20 +116,17 @@ def test_table2_overlay_is_the_paper_configuration():
 
 
 def test_dvc_set_arguments_round_trip(tmp_path):
-    """The printed `-S key=value` pairs, applied to params.yaml, give the overlay's values."""
+    """DVC's own `-S` parser, fed our arguments, turns params.yaml into base + overlays."""
     overlays = (PAPER, REPO / "params/table2_450m.yaml")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    arguments = []
     for argument in dvc_set_arguments(overlays, base=REPO / "params.yaml"):
         flag, assignment = shlex.split(argument)
         assert flag == "-S"
-        dotted, value = assignment.split("=", 1)
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = yaml.safe_load(value)
+        arguments.append(assignment)
+    apply_overrides(str(tmp_path / "params.yaml"), arguments)
     expected = merge(yaml.safe_load((REPO / "params.yaml").read_text()), stack(overlays))
-    assert raw == expected
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text()) == expected
 
 
 def test_cli_check_exits_nonzero_naming_the_key(tmp_path):

@@ -81,6 +81,17 @@ class TrackSpec:
         roles = dict(self.role_instruments)
         return sorted({roles[role] for role in section.roles if role in roles})
 
+    def attributes(self) -> dict:
+        """The scalar ground truth shared by the tracks table, captions and prompts."""
+        return {
+            "genre": self.genre,
+            "mood": self.mood,
+            "tempo_bpm": self.tempo_bpm,
+            "key": self.key,
+            "mode": self.mode,
+            "time_signature": self.time_signature,
+        }
+
     def section_table(self) -> list[dict]:
         """Sections with their times and instruments, as stored in tracks.parquet."""
         return [

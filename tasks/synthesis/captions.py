@@ -46,12 +46,7 @@ SCENES = {
 def claims_of(spec: TrackSpec) -> dict:
     """The attributes a caption states, as a plain JSON-able dict."""
     return {
-        "genre": spec.genre,
-        "mood": spec.mood,
-        "tempo_bpm": spec.tempo_bpm,
-        "key": spec.key,
-        "mode": spec.mode,
-        "time_signature": spec.time_signature,
+        **spec.attributes(),
         "progression": list(spec.progression),
         "roles": dict(spec.role_instruments),
         "sections": [
