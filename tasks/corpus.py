@@ -26,7 +26,7 @@ import soundfile as sf
 from tasks import schema
 from tasks.atomic import atomic_directory, write_json, write_parquet
 from tasks.ingest import ingest_dataset
-from tasks.params import DataParams, DegradationParams, load_params
+from tasks.params import DataParams, DegradationParams, load_stage_params
 from tasks.splits import assign_splits
 from tasks.synthesis.arrangement import TrackSpec, render, sample_track_spec
 from tasks.synthesis.captions import CORRUPTIBLE_ATTRIBUTES, claims_of, concise, corrupt, describe
@@ -277,7 +277,7 @@ def summarize(corpus: Corpus) -> dict:
 
 
 def main() -> None:
-    params = load_params()
+    params = load_stage_params()
     started = time.perf_counter()
     root = Path(params.data.root)
     with atomic_directory(root) as staging:

@@ -365,6 +365,14 @@ def load_params(path: Path = PARAMS_FILE, overlays: tuple[Path, ...] = ()) -> Pa
     return Params.from_mapping(raw, source=source)
 
 
+def load_stage_params(path: Path = PARAMS_FILE) -> Params:
+    """For a stage's main(): a bad params.yaml ends the process with the message alone."""
+    try:
+        return load_params(path)
+    except ParamsError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     for key, value in tree.items():
         if isinstance(value, Mapping):

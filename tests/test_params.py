@@ -14,7 +14,14 @@ import pytest
 import yaml
 from dvc.utils.hydra import apply_overrides
 
-from tasks.params import ParamsError, dvc_set_arguments, load_params, merge, stack
+from tasks.params import (
+    ParamsError,
+    dvc_set_arguments,
+    load_params,
+    load_stage_params,
+    merge,
+    stack,
+)
 from tests.conftest import REPO, params_with
 
 OVERLAYS = sorted((REPO / "params").glob("*.yaml"))
@@ -164,3 +171,11 @@ def test_paths_in_overlays_exist():
         "fluxaudio_s_ablation.yaml",
     }
     assert all(isinstance(yaml.safe_load(Path(p).read_text()), dict) for p in OVERLAYS)
+
+
+def test_stage_entry_point_exits_with_the_message(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"]["num_tracks"] = -3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(SystemExit, match=r"data\.num_tracks: Input should be greater"):
+        load_stage_params(tmp_path / "params.yaml")
