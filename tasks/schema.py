@@ -52,7 +52,6 @@ EVAL_PROMPT_COLUMNS: dict[str, str] = {
     "instruments": "object",
 }
 
-SPLITS = ("train", "val", "test")
 AUDIO_DIR = "audio"  # FLAC files live here, relative to the corpus root
 
 

@@ -7,7 +7,7 @@ re-render clean versions of degraded tracks this way).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -105,9 +105,6 @@ class TrackSpec:
             for s in self.sections
         ]
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def sample_track_spec(
     track_id: str,
@@ -158,7 +155,7 @@ def sample_track_spec(
         max_seconds,
         len(names),
     )
-    return TrackSpec(**{**spec.__dict__, "sections": _layout(names, bars, rng)})
+    return replace(spec, sections=_layout(names, bars, rng))
 
 
 def _bar_count(bar_seconds: float, target: float, low: float, high: float, minimum: int) -> int:

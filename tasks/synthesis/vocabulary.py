@@ -12,7 +12,6 @@ from dataclasses import dataclass
 PITCH_CLASSES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
 NATURAL_MINOR_SCALE = (0, 2, 3, 5, 7, 8, 10)
-MODES = ("major", "minor")
 
 # Instrument -> words a caption may use for it (the first is the canonical name).
 INSTRUMENT_WORDS: dict[str, tuple[str, ...]] = {
