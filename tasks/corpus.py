@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import soundfile as sf
 from tasks import schema
 from tasks.atomic import atomic_directory, write_json, write_parquet
 from tasks.ingest import ingest_dataset
+from tasks.parallel import ordered_map
 from tasks.params import DataParams, DegradationParams, load_stage_params
 from tasks.splits import assign_splits
 from tasks.synthesis.arrangement import TrackSpec, render, sample_track_spec
@@ -145,13 +145,6 @@ def render_job(job: RenderJob) -> float:
     return len(audio) / job.sample_rate
 
 
-def run_jobs(jobs: list[RenderJob], workers: int) -> list[float]:
-    if workers == 1:
-        return [render_job(job) for job in jobs]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(render_job, jobs, chunksize=4))
-
-
 # --------------------------------------------------------------------------- assembly
 def build_embedded_corpus(data: DataParams, seed: int, root: Path) -> Corpus:
     specs = sample_specs(data, seed)
@@ -171,7 +164,7 @@ def build_embedded_corpus(data: DataParams, seed: int, root: Path) -> Corpus:
         )
         for spec in specs
     ]
-    durations = run_jobs(jobs, data.workers)
+    durations = ordered_map(render_job, jobs, data.workers)
     rows = [
         {
             "track_id": spec.track_id,

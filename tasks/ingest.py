@@ -23,7 +23,6 @@ import json
 import os
 import re
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import pandas as pd
 import soundfile as sf
 
 from tasks import schema
+from tasks.parallel import ordered_map
 from tasks.params import CaptionSource, DataParams
 from tasks.splits import assign_splits
 
@@ -202,14 +202,6 @@ def decode_job(job: DecodeJob) -> Outcome:
     return Outcome(duration_s=duration)
 
 
-def run_decode(jobs: list[DecodeJob], workers: int) -> list[Outcome]:
-    """Outcomes in job order, whatever the worker count."""
-    if workers == 1 or len(jobs) < 2:
-        return [decode_job(job) for job in jobs]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(decode_job, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
-
-
 # --------------------------------------------------------------------------- assembly
 def _reject(path: str, reason: str, detail: str) -> dict:
     return {"path": path, "reason": reason, "detail": detail}
@@ -277,7 +269,7 @@ def ingest_dataset(
         ),
         key=lambda job: job.track_id,
     )
-    outcomes = run_decode(jobs, data.workers)
+    outcomes = ordered_map(decode_job, jobs, data.workers)
     kept = [(job, o) for job, o in zip(jobs, outcomes, strict=True) if o.duration_s is not None]
     rejects += [
         _reject(job.given, o.reason, o.detail)

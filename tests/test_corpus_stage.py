@@ -189,7 +189,7 @@ def test_failed_build_leaves_previous_output_untouched(tiny_params, tmp_path, mo
     def explode(*args, **kwargs):
         raise RuntimeError("killed mid-build")
 
-    monkeypatch.setattr(corpus, "run_jobs", explode)
+    monkeypatch.setattr(corpus, "ordered_map", explode)
     with pytest.raises(RuntimeError), atomic_directory(root) as staging:
         corpus.build_corpus(tiny_params.data, tiny_params.seed, 10.0, staging)
     assert (root / "tracks.parquet").read_text() == "previous"
