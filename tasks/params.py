@@ -11,10 +11,8 @@ in order, as `-S key=value` arguments for `dvc exp run`, and `check FILE...` val
 
 from __future__ import annotations
 
-import argparse
-import json
-import shlex
-from collections.abc import Iterator, Mapping, Sequence
+import itertools
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -126,13 +124,25 @@ class DataParams(Section):
 
 # --------------------------------------------------------------------------- curate
 class CurateParams(Section):
-    """Paper 000 §II-A: CLAP-guided segment filtering."""
+    """Paper 000 §II-A: CLAP-guided segment filtering.
+
+    `threshold_mode: absolute` applies high/medium_threshold to raw CLAP scores (LAION-CLAP,
+    the paper's scale). `validation_quantile` is the calibration for a CLAP whose score scale
+    differs (the embedded one): the thresholds become the validation-score quantiles that
+    leave `high_share` of validation candidates in the high tier and `low_share` in the low.
+    """
 
     candidates_per_track: PositiveInt
     segment_seconds: Positive
+    keep_per_track: PositiveInt
+    caption_column: Literal["caption_holistic", "caption_dense", "prompt_concise"]
+    threshold_mode: Literal["absolute", "validation_quantile"]
     high_threshold: float
     medium_threshold: float
-    keep_per_track: PositiveInt
+    high_share: Annotated[float, Field(gt=0.0, lt=1.0)]
+    low_share: Annotated[float, Field(ge=0.0, lt=1.0)]
+    batch_size: PositiveInt
+    cache_dir: str
 
     @model_validator(mode="after")
     def _tiers_are_ordered(self) -> Self:
@@ -140,17 +150,25 @@ class CurateParams(Section):
             raise ValueError("medium_threshold must be <= high_threshold")
         if self.keep_per_track > self.candidates_per_track:
             raise ValueError("keep_per_track must be <= candidates_per_track")
+        if self.high_share + self.low_share >= 1.0:
+            raise ValueError("high_share + low_share must be < 1 (room for the medium tier)")
         return self
 
 
 # --------------------------------------------------------------------------- quality
 class QualityParams(Section):
-    """Paper 003 §4.1: p-MOS quality prefixes and quantised quality tokens."""
+    """Paper 003 §4.1: p-MOS quality prefixes and quantised quality tokens.
+
+    Bin edges are in units of the p-MOS standard deviation around the mean (the paper's
+    "distance from the mean in terms of standard deviation"); null mean/std are fitted on
+    the train split's p-MOS, numbers are used as given (the reference code's 3.80 / 0.20).
+    """
 
     levels: Annotated[int, Field(ge=2)]
-    pmos_mean: float
-    pmos_std: Positive
-    prefix_thresholds: list[float] = Field(min_length=2, max_length=2)
+    pmos_mean: float | None
+    pmos_std: Positive | None
+    level_edges_std: list[float]
+    prefix_edges_std: list[float] = Field(min_length=2, max_length=2)
     prefixes: list[str] = Field(min_length=3, max_length=3)
     use_prefix: bool
     inference_level: PositiveInt
@@ -161,8 +179,14 @@ class QualityParams(Section):
         for key in ("inference_level", "unconditional_level"):
             if getattr(self, key) > self.levels:
                 raise ValueError(f"{key} must be <= levels ({self.levels})")
-        if self.prefix_thresholds[0] >= self.prefix_thresholds[1]:
-            raise ValueError("prefix_thresholds must be increasing")
+        if len(self.level_edges_std) != self.levels - 1:
+            raise ValueError(f"level_edges_std needs levels - 1 = {self.levels - 1} edges")
+        for key in ("level_edges_std", "prefix_edges_std"):
+            edges = getattr(self, key)
+            if any(a >= b for a, b in itertools.pairwise(edges)):
+                raise ValueError(f"{key} must be strictly increasing")
+        if (self.pmos_mean is None) != (self.pmos_std is None):
+            raise ValueError("pmos_mean and pmos_std are both numbers or both null")
         return self
 
 
@@ -184,16 +208,53 @@ class BackendChoice(Section):
     path: str | None
 
 
+class ClapChoice(BackendChoice):
+    # LAION-CLAP builds its text branch from roberta-base: a local save_pretrained copy.
+    text_model_path: str | None
+
+
 class BackendParams(Section):
     """DESIGN.md "Two profiles, one code path": each pretrained part behind a registry."""
 
-    clap: BackendChoice
+    clap: ClapChoice
     text_encoder: BackendChoice
     codec: BackendChoice
     quality: BackendChoice
     frame_teacher: BackendChoice
     captioner: BackendChoice
     rewriter: BackendChoice
+
+
+# --------------------------------------------------------------------------- scorers
+class ScorerOptim(Section):
+    steps: PositiveInt
+    batch_size: PositiveInt
+    learning_rate: Positive
+    weight_decay: Annotated[float, Field(ge=0.0)]
+
+
+class ScorerParams(Section):
+    """The embedded stand-ins the `scorers` stage trains: a tiny CLAP and a p-MOS regressor.
+
+    Both read a log-mel at `frame_rate` frames per second (the codec rate, so the CLAP audio
+    tower's frames double as the embedded frame teacher). They train on random windows of
+    `crop_seconds` (statistics pooling makes them length-independent; shorter is faster)
+    and are measured on windows of `curate.segment_seconds`, the length they score.
+    """
+
+    sample_rate: PositiveInt
+    n_mels: PositiveInt
+    frame_rate: PositiveInt
+    crop_seconds: Positive
+    clap_pretrain_tracks: PositiveInt
+    clap_pretrain_seconds: list[Positive] = Field(min_length=2, max_length=2)
+    embed_dim: PositiveInt
+    clap_channels: PositiveInt
+    quality_channels: PositiveInt
+    clap: ScorerOptim
+    quality: ScorerOptim
+    quality_augment_per_track: Annotated[int, Field(ge=0)]
+    eval_windows_per_track: PositiveInt
 
 
 # --------------------------------------------------------------------------- model
@@ -304,6 +365,7 @@ class Params(Section):
     quality: QualityParams
     captions: CaptionParams
     backends: BackendParams
+    scorers: ScorerParams
     model: ModelParams
     train: TrainParams
     finetune: FinetuneParams
@@ -381,57 +443,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, An
             yield f"{prefix}{key}", value
 
 
-def stack(overlays: Sequence[Path]) -> dict[str, Any]:
-    """Deep-merge overlay files in order (later wins) into one overlay mapping."""
-    combined: dict[str, Any] = {}
+if __name__ == "__main__":  # `python -m tasks.params check|overrides ...` (tasks/overlays.py)
+    from tasks.overlays import main
 
-    def update(target: dict[str, Any], values: Mapping[str, Any]) -> None:
-        for key, value in values.items():
-            if isinstance(value, Mapping) and isinstance(target.get(key), dict):
-                update(target[key], value)
-            else:
-                target[key] = dict(value) if isinstance(value, Mapping) else value
-
-    for overlay in overlays:
-        update(combined, read_yaml(overlay))
-    return combined
-
-
-def hydra_value(value: Any) -> str:
-    """`value` in the Hydra override grammar that `dvc exp run -S` parses (dict keys bare)."""
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{key}:{hydra_value(item)}" for key, item in value.items()) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(hydra_value(item) for item in value) + "]"
-    return json.dumps(value)  # strings quoted, null/true/false, numbers
-
-
-def dvc_set_arguments(overlays: Sequence[Path], base: Path = PARAMS_FILE) -> list[str]:
-    """`-S key=value` arguments for `dvc exp run` that apply `overlays`, validated first."""
-    load_params(base, overlays=tuple(overlays))
-    return [
-        f"-S {shlex.quote(f'{key}={hydra_value(value)}')}"
-        for key, value in flatten(stack(overlays))
-    ]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="validate params.yaml (+ overlays)")
-    check.add_argument("overlays", nargs="*", type=Path)
-    overrides = commands.add_parser("overrides", help="print `dvc exp run -S` arguments")
-    overrides.add_argument("overlays", nargs="+", type=Path)
-    args = parser.parse_args()
-    try:
-        if args.command == "check":
-            load_params(PARAMS_FILE, overlays=tuple(args.overlays))
-            print("ok")
-        else:
-            print(" ".join(dvc_set_arguments(args.overlays)))
-    except ParamsError as error:
-        raise SystemExit(str(error)) from None
-
-
-if __name__ == "__main__":
     main()

@@ -25,6 +25,20 @@ TINY_DATA = {
     },
 }
 
+# The embedded scorers shrunk to seconds of training: mechanics, not reach.
+TINY_SCORERS = {
+    "crop_seconds": 2.0,
+    "clap_pretrain_tracks": 8,
+    "clap_pretrain_seconds": [8.0, 10.0],
+    "embed_dim": 16,
+    "clap_channels": 16,
+    "quality_channels": 8,
+    "clap": {"steps": 6, "batch_size": 4, "learning_rate": 1.0e-3, "weight_decay": 0.0},
+    "quality": {"steps": 6, "batch_size": 4, "learning_rate": 1.0e-3, "weight_decay": 0.0},
+    "quality_augment_per_track": 1,
+    "eval_windows_per_track": 2,
+}
+
 
 @pytest.fixture(scope="session")
 def shipped_params() -> dict:

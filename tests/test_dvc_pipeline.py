@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY_DATA
+from tests.conftest import REPO, TINY_DATA, TINY_SCORERS
 
 pytestmark = pytest.mark.slow
 
@@ -27,9 +27,10 @@ def _run(command: list[str], cwd: Path, env: dict) -> str:
 def scratch_repo(tmp_path: Path, shipped_params: dict) -> tuple[Path, dict]:
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, tmp_path / name)
-    shutil.copytree(
-        REPO / "tasks", tmp_path / "tasks", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    for package in ("tasks", "models"):
+        shutil.copytree(
+            REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     raw = {
         **shipped_params,
         "data": {
@@ -39,6 +40,8 @@ def scratch_repo(tmp_path: Path, shipped_params: dict) -> tuple[Path, dict]:
             "eval_prompt_count": 2,
             "workers": 2,
         },
+        "scorers": {**shipped_params["scorers"], **TINY_SCORERS},
+        "curate": {**shipped_params["curate"], "segment_seconds": 4.0},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     env = {
@@ -57,12 +60,15 @@ def scratch_repo(tmp_path: Path, shipped_params: dict) -> tuple[Path, dict]:
     return tmp_path, env
 
 
-def test_repro_builds_corpus_then_is_a_no_op(scratch_repo):
+def test_repro_runs_the_dag_then_is_a_no_op(scratch_repo):
     root, env = scratch_repo
     dvc = [sys.executable, "-m", "dvc"]
     first = _run([*dvc, "repro"], root, env)
-    assert "Running stage 'corpus'" in first
+    for stage in ("corpus", "scorers", "curate"):
+        assert f"Running stage '{stage}'" in first
     assert (root / "data/corpus/tracks.parquet").exists()
+    assert (root / "data/curated/segments.parquet").exists()
+    assert (root / "artifacts/scorers/clap/model.safetensors").exists()
     assert (root / "dvc.lock").exists()
     second = _run([*dvc, "repro"], root, env)
     assert "Running stage" not in second

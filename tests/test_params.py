@@ -14,14 +14,8 @@ import pytest
 import yaml
 from dvc.utils.hydra import apply_overrides
 
-from tasks.params import (
-    ParamsError,
-    dvc_set_arguments,
-    load_params,
-    load_stage_params,
-    merge,
-    stack,
-)
+from tasks.overlays import dvc_set_arguments, stack
+from tasks.params import ParamsError, load_params, load_stage_params, merge
 from tests.conftest import REPO, params_with
 
 OVERLAYS = sorted((REPO / "params").glob("*.yaml"))

@@ -22,7 +22,8 @@ freeze *image* towers, something a CLAP audio/text model never does.
   after, so the rest of the process still sees torchvision as absent.
 
 Either way `build_clap_model` constructs `CLAP` exactly as laion's `factory.create_model`
-does, with the RoBERTa text branch read from a local directory (params `backends.clap.path`),
+does, with the RoBERTa text branch read from a local directory (params
+`backends.clap.text_model_path`),
 never from the hub; `load_clap_checkpoint` then loads a laion `.pt` with `weights_only=True`.
 """
 
@@ -48,6 +49,7 @@ from torch import nn
 ClapImportMode = Literal["package", "model-only"]
 
 PARAMS_KEY = "backends.clap.path"
+TEXT_PARAMS_KEY = "backends.clap.text_model_path"
 CLAP_SAMPLE_RATE = 48_000
 CLAP_CLIP_SAMPLES = 480_000  # 10 s at 48 kHz: the HTSAT configs' clip_samples
 CLAP_TEXT_MAX_LENGTH = 77  # hook.py: padding="max_length", truncation=True, max_length=77
@@ -58,7 +60,7 @@ _TORCHVISION_NAMES = ("torchvision", "torchvision.ops", "torchvision.ops.misc")
 _LOCK = threading.RLock()
 
 _TEXT_DIR_HELP = (
-    f"Set params `{PARAMS_KEY}` so that the CLAP backend finds a local RoBERTa directory "
+    f"Set params `{TEXT_PARAMS_KEY}` so that the CLAP backend finds a local RoBERTa directory "
     "written by `save_pretrained` (a copy of the hub's roberta-base: config.json, the model "
     "weights, and the tokenizer files vocab.json + merges.txt or tokenizer.json). LAION-CLAP "
     "builds its text branch from roberta-base and this project never downloads it."

