@@ -71,6 +71,19 @@ def _optimizer(model: torch.nn.Module, optim: ScorerOptim) -> tuple[torch.optim.
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule, loss: torch.Tensor
+) -> None:
+    """One clipped AdamW step; a non-finite loss stops training instead of poisoning it."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{type(model).__name__} loss is {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+
+
 def train_clap(
     model: TinyClap,
     mels: list[torch.Tensor],
@@ -97,13 +110,10 @@ def train_clap(
         audio = model.embed_log_mel(random_crops(mels, indices, crop_frames, rng))
         text = model.embed_text(captions[indices, styles])
         loss = model.contrastive_loss(audio, text)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"tiny CLAP loss is {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        try:
+            _step(model, optimizer, schedule, loss)
+        except FloatingPointError as error:
+            raise FloatingPointError(f"{error} at step {step}") from None
         losses.append(loss.item())
         log("clap_train_loss", loss.item(), step)
     return losses
@@ -163,13 +173,10 @@ def train_quality(
         indices = np.array([rng.choice(groups[g]) for g in chosen])
         prediction = model.predict_log_mel(random_crops(mels, indices, crop_frames, rng))
         loss = torch.mean(((prediction - values[indices]) / scale) ** 2)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"quality loss is {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        try:
+            _step(model, optimizer, schedule, loss)
+        except FloatingPointError as error:
+            raise FloatingPointError(f"{error} at step {step}") from None
         losses.append(loss.item())
         log("quality_train_loss", loss.item(), step)
     return losses

@@ -18,51 +18,17 @@ import torch
 import transformers
 
 from tasks.backends import laion_clap_loader as loader
+from tests.tiny_models import save_tiny_roberta
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid:UserWarning")  # laion's htsat.py
 
 CAPTIONS = ["a calm piano melody", "loud drums and distorted electric guitar"]
 
 
-def _byte_level_alphabet() -> list[str]:
-    """GPT-2 / RoBERTa's byte -> printable unicode mapping (256 symbols)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    printable += range(ord("®"), ord("ÿ") + 1)
-    symbols, extra = [], 0
-    for byte in range(256):
-        if byte in printable:
-            symbols.append(chr(byte))
-        else:
-            symbols.append(chr(256 + extra))
-            extra += 1
-    return symbols
-
-
 @pytest.fixture(scope="module")
 def text_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A save_pretrained RoBERTa directory (model + tokenizer), tiny and random."""
-    directory = tmp_path_factory.mktemp("roberta-tiny")
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
-    for symbol in [*_byte_level_alphabet(), "Ġa", "Ġd", "in", "<mask>"]:
-        vocab.setdefault(symbol, len(vocab))
-    tokenizer = transformers.RobertaTokenizerFast(
-        vocab=vocab, merges=[("Ġ", "a"), ("Ġ", "d"), ("i", "n")]
-    )
-    tokenizer.save_pretrained(directory)
-    config = transformers.RobertaConfig(
-        vocab_size=len(vocab),
-        hidden_size=768,  # CLAP: text_projection = nn.Linear(768, joint_embed_shape)
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=80,  # 77 tokens + RoBERTa's padding_idx offset of 2
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    transformers.RobertaModel(config).save_pretrained(directory)
-    return directory
+    return save_tiny_roberta(tmp_path_factory.mktemp("roberta-tiny"))
 
 
 @pytest.fixture(scope="module")
