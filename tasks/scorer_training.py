@@ -71,12 +71,21 @@ def _optimizer(model: torch.nn.Module, optim: ScorerOptim) -> tuple[torch.optim.
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _usable(mels: list[torch.Tensor], crop_frames: int) -> np.ndarray:
+    """Indices of the tracks long enough for one training window."""
+    return np.array([i for i, m in enumerate(mels) if m.shape[-1] >= crop_frames])
+
+
 def _step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule, loss: torch.Tensor
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule,
+    loss: torch.Tensor,
+    step: int,
 ) -> None:
     """One clipped AdamW step; a non-finite loss stops training instead of poisoning it."""
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"{type(model).__name__} loss is {loss.item()}")
+        raise FloatingPointError(f"{type(model).__name__} loss is {loss.item()} at step {step}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -96,7 +105,7 @@ def train_clap(
     """InfoNCE training; `caption_embeddings` is [tracks, styles, dim] frozen MiniLM output."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    usable = np.array([i for i, m in enumerate(mels) if m.shape[-1] >= crop_frames])
+    usable = _usable(mels, crop_frames)
     if len(usable) < 2:
         raise ValueError(f"need >= 2 train tracks of at least {crop_frames} frames")
     batch = min(optim.batch_size, len(usable))
@@ -110,10 +119,7 @@ def train_clap(
         audio = model.embed_log_mel(random_crops(mels, indices, crop_frames, rng))
         text = model.embed_text(captions[indices, styles])
         loss = model.contrastive_loss(audio, text)
-        try:
-            _step(model, optimizer, schedule, loss)
-        except FloatingPointError as error:
-            raise FloatingPointError(f"{error} at step {step}") from None
+        _step(model, optimizer, schedule, loss, step)
         losses.append(loss.item())
         log("clap_train_loss", loss.item(), step)
     return losses
@@ -158,7 +164,7 @@ def train_quality(
     """MSE regression of p-MOS targets from random windows (balanced over target values)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    usable = np.array([i for i, m in enumerate(mels) if m.shape[-1] >= crop_frames])
+    usable = _usable(mels, crop_frames)
     values = torch.from_numpy(np.asarray(targets, dtype=np.float32))
     # Clean tracks dominate the corpus; sample each target value equally often.
     groups = [usable[values[usable].numpy() == v] for v in np.unique(values[usable].numpy())]
@@ -173,10 +179,7 @@ def train_quality(
         indices = np.array([rng.choice(groups[g]) for g in chosen])
         prediction = model.predict_log_mel(random_crops(mels, indices, crop_frames, rng))
         loss = torch.mean(((prediction - values[indices]) / scale) ** 2)
-        try:
-            _step(model, optimizer, schedule, loss)
-        except FloatingPointError as error:
-            raise FloatingPointError(f"{error} at step {step}") from None
+        _step(model, optimizer, schedule, loss, step)
         losses.append(loss.item())
         log("quality_train_loss", loss.item(), step)
     return losses
