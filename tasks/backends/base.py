@@ -12,6 +12,7 @@ told by the caller. Outputs are float32 numpy arrays.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar, runtime_checkable
@@ -75,6 +76,64 @@ class FrameTeacherBackend(Protocol):
 
     def features(self, waveforms: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
         """[N, frames, dim] float32; clips of one batch have one length."""
+        ...
+
+
+@runtime_checkable
+class CodecBackend(Protocol):
+    """Audio <-> latent frames (paper 000: ACE-Step 1.5, 25 Hz x 64; paper 003: AudioLDM2 VAE).
+
+    `grid` = (channels, frequency) with channels * frequency = latent_dim: the 2-D
+    time x frequency view paper 003's patchify needs is `latents.reshape(T, *grid)`, a
+    view of the same cached array, never a second cache.
+    """
+
+    sample_rate: int
+    frame_rate: float
+    latent_dim: int
+    grid: tuple[int, int]
+
+    def encode(self, waveforms: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
+        """[N, T, latent_dim] float32 for mono clips of one length; T = seconds * frame_rate."""
+        ...
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """[N, samples] float32 mono audio at `sample_rate` from [N, T, latent_dim]."""
+        ...
+
+
+@runtime_checkable
+class CaptionerBackend(Protocol):
+    """Re-captions audio: step 1 of paper 003 §4.3 (LP-MusicCaps there)."""
+
+    sample_rate: int
+
+    def caption(self, waveforms: Sequence[np.ndarray], sample_rate: int) -> list[str]:
+        """One caption per mono clip."""
+        ...
+
+
+@dataclass(frozen=True)
+class Rewritten:
+    """One LLM (or embedded) output with its provenance."""
+
+    text: str
+    backend: str  # the backend that produced `text`: "transformers", "embedded", ...
+    fallback: str | None  # why the selected backend's output was not used; None if it was
+
+
+@runtime_checkable
+class RewriterBackend(Protocol):
+    """Caption rewriting (paper 000 §II-B) and caption merging (paper 003 §4.3 step 3)."""
+
+    name: str
+
+    def rewrite(self, captions: Sequence[str], examples: Sequence[str]) -> list[Rewritten]:
+        """Each caption in the concise inference style; `examples` fill the prompt's {examples}."""
+        ...
+
+    def merge(self, originals: Sequence[str], generated: Sequence[str]) -> list[Rewritten]:
+        """Each (original, generated) pair fused into one caption, adding nothing imaginary."""
         ...
 
 

@@ -1,39 +1,13 @@
-"""The one typed configuration object, mirroring params.yaml section by section.
-
-Every stage calls `load_params()` once and hands each function only its own section.
-Unknown keys, wrong types and out-of-range values fail at load time with a message that
-names the dotted key (`train.timestep.beta_lambda: ...`), never deep inside a stage.
-
-Overlay files (params/*.yaml) hold only the keys that differ from params.yaml, e.g. the
-paper-scale configurations; `python -m tasks.params overrides FILE...` prints them, stacked
-in order, as `-S key=value` arguments for `dvc exp run`, and `check FILE...` validates.
-"""
+"""Params sections of the data side of the DAG: corpus, scorers, curation, captions, latents."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
-from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Literal, Self
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-PARAMS_FILE = Path("params.yaml")
-
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-Positive = Annotated[float, Field(gt=0.0)]
-PositiveInt = Annotated[int, Field(ge=1)]
-
-
-class Section(BaseModel):
-    """Frozen, strict, closed: a typo in params.yaml is an error, not a silent default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class ParamsError(ValueError):
-    """params.yaml (or an overlay) does not validate; the message names every bad key."""
+from tasks.params.base import Fraction, Positive, PositiveInt, Section
 
 
 # --------------------------------------------------------------------------- tracking
@@ -191,15 +165,58 @@ class QualityParams(Section):
 
 
 # --------------------------------------------------------------------------- captions
-class CaptionParams(Section):
-    """Paper 000 §II-B (two-stage captions) and paper 003 §4.3 (caption refinement)."""
+CaptionColumn = Literal["caption_holistic", "caption_dense", "caption_refined"]
 
+
+class CaptionParams(Section):
+    """Paper 000 §II-B (two-stage captions) and paper 003 §4.3 (three-step refinement).
+
+    Refinement decides per kept segment with three CLAP similarities (003 eq. (8)-(10)):
+    the generated caption's text-audio score (below `generated_threshold`: keep the
+    original), the original's text-audio score (below `original_threshold`: the original
+    is useless, use the generated one) and the text-text similarity of the two (below
+    `merge_threshold`: the original adds something, merge; above: redundant, generated).
+    `threshold_mode` works as in `curate`: `absolute` for LAION-CLAP's scale, or
+    `validation_quantile`, where each threshold is the validation quantile at its share.
+    """
+
+    refine_column: Literal["caption_holistic", "caption_dense"]
+    pretrain_columns: list[CaptionColumn] = Field(min_length=1)
     finetune_fraction: Annotated[float, Field(gt=0.0, le=1.0)]
     rewrite_batch_size: PositiveInt
     rewrite_few_shot: PositiveInt
     rewrite_max_retries: Annotated[int, Field(ge=0)]
-    generated_caption_threshold: float
+    llm_max_new_tokens: PositiveInt
+    captioner_instruments: PositiveInt
+    threshold_mode: Literal["absolute", "validation_quantile"]
+    generated_threshold: float
+    original_threshold: float
     merge_threshold: float
+    generated_filter_share: Annotated[float, Field(ge=0.0, lt=1.0)]
+    original_discard_share: Annotated[float, Field(ge=0.0, lt=1.0)]
+    merge_share: Annotated[float, Field(ge=0.0, lt=1.0)]
+    batch_size: PositiveInt
+
+
+# --------------------------------------------------------------------------- latents
+class Mel25Params(Section):
+    """The embedded codec: log-mel at the shape of ACE-Step 1.5 latents (25 Hz x 64)."""
+
+    sample_rate: PositiveInt
+    n_mels: PositiveInt
+    frame_rate: PositiveInt
+    fmax: Positive
+    griffin_lim_iters: PositiveInt
+
+
+class LatentParams(Section):
+    """The `latents` stage: sharded, resumable safetensors cache of everything training reads."""
+
+    root: str
+    segments_per_shard: PositiveInt
+    batch_size: PositiveInt
+    text_dtype: Literal["float32", "float16", "bfloat16"]  # text-encoder sequences on disk
+    mel25: Mel25Params
 
 
 # --------------------------------------------------------------------------- backends
@@ -255,195 +272,3 @@ class ScorerParams(Section):
     quality: ScorerOptim
     quality_augment_per_track: Annotated[int, Field(ge=0)]
     eval_windows_per_track: PositiveInt
-
-
-# --------------------------------------------------------------------------- model
-class RepaBranch(Section):
-    """Paper 000 eq. (4)-(6): weight λ, projection size, timestep weight (1 - t)^α."""
-
-    weight: Annotated[float, Field(ge=0.0)]
-    projection_dim: PositiveInt
-    time_weight_exponent: Annotated[float, Field(ge=0.0)]
-
-
-class RepaParams(Section):
-    clap: RepaBranch
-    muq: RepaBranch
-
-
-class MaskingParams(Section):
-    """Paper 003 §4.2 MDT masking; ratio drawn from U[mask_ratio, mask_ratio + jitter]."""
-
-    mask_ratio: Annotated[float, Field(ge=0.0, lt=1.0)]
-    mask_ratio_jitter: Annotated[float, Field(ge=0.0, lt=1.0)]
-    decode_layers: Annotated[int, Field(ge=0)]
-
-    @model_validator(mode="after")
-    def _ratio_stays_below_one(self) -> Self:
-        if self.mask_ratio > 0 and self.mask_ratio + self.mask_ratio_jitter >= 1.0:
-            raise ValueError("mask_ratio + mask_ratio_jitter must be < 1")
-        return self
-
-
-class ModelParams(Section):
-    """Paper 000 §III-A / Table II; `depth` counts all blocks, joint = depth - fused_depth."""
-
-    latent_dim: PositiveInt
-    hidden_dim: PositiveInt
-    num_heads: PositiveInt
-    depth: PositiveInt
-    fused_depth: Annotated[int, Field(ge=0)]
-    latent_seq_len: PositiveInt
-    text_seq_len: PositiveInt
-    mlp_ratio: Positive
-    positional_encoding: Literal["rope"]
-    quality_token: bool
-    masking: MaskingParams
-    repa: RepaParams
-
-    @model_validator(mode="after")
-    def _shapes_are_consistent(self) -> Self:
-        if self.fused_depth > self.depth:
-            raise ValueError("fused_depth must be <= depth (depth counts all blocks)")
-        if self.hidden_dim % self.num_heads:
-            raise ValueError("hidden_dim must be divisible by num_heads")
-        if (self.hidden_dim // self.num_heads) % 2:
-            raise ValueError("hidden_dim / num_heads must be even for RoPE")
-        if self.masking.decode_layers > self.depth:
-            raise ValueError("masking.decode_layers must be <= depth")
-        return self
-
-
-# --------------------------------------------------------------------------- training
-class TimestepParams(Section):
-    """Paper 000 §II-C eq. (1)-(2): t ~ Beta(1 + λ(1 - S), 1); λ = 0 is uniform."""
-
-    beta_lambda: Annotated[float, Field(ge=0.0)]
-    score_clip_percentile: Annotated[float, Field(gt=0.0, le=100.0)]
-
-
-class OptimParams(Section):
-    """Paper 000 Table II and the reference runner (REFERENCE.md §A.7)."""
-
-    steps: PositiveInt
-    batch_size: PositiveInt
-    learning_rate: Positive
-    weight_decay: Annotated[float, Field(ge=0.0)]
-    adam_betas: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(min_length=2, max_length=2)
-    grad_clip: Positive
-    warmup_steps: Annotated[int, Field(ge=0)]
-    lr_milestones: list[Annotated[float, Field(gt=0.0, lt=1.0)]]
-    lr_gamma: Annotated[float, Field(gt=0.0, le=1.0)]
-    mixed_precision: Literal["no", "bf16", "fp16"]
-    eval_every: PositiveInt
-    checkpoint_every: PositiveInt
-
-
-class TrainParams(Section):
-    optim: OptimParams
-    timestep: TimestepParams
-    cfg_dropout: Fraction
-
-
-class FinetuneParams(Section):
-    """Paper 000 §II-B stage 2: 10,000 steps on rewritten concise captions."""
-
-    optim: OptimParams
-
-
-class SampleParams(Section):
-    steps: PositiveInt
-    cfg_scale: Annotated[float, Field(ge=0.0)]
-
-
-# --------------------------------------------------------------------------- root
-class Params(Section):
-    seed: Annotated[int, Field(ge=0)]
-    tracking: TrackingParams
-    data: DataParams
-    curate: CurateParams
-    quality: QualityParams
-    captions: CaptionParams
-    backends: BackendParams
-    scorers: ScorerParams
-    model: ModelParams
-    train: TrainParams
-    finetune: FinetuneParams
-    sample: SampleParams
-
-    @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], source: str = "params.yaml") -> Params:
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as error:
-            raise ParamsError(_describe(error, source)) from None
-
-
-def _describe(error: ValidationError, source: str) -> str:
-    lines = [f"{source}: {error.error_count()} invalid value(s)"]
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        shown = (
-            "" if item["type"] in ("missing", "extra_forbidden") else f" (got {item['input']!r})"
-        )
-        lines.append(f"  {key}: {message}{shown}")
-    return "\n".join(lines)
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: file not found") from None
-    except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: top level must be a mapping of sections")
-    return raw
-
-
-def merge(base: Mapping[str, Any], overlay: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Deep-merge `overlay` into `base`; an overlay key absent from base is an error."""
-    merged = dict(base)
-    for key, value in overlay.items():
-        dotted = f"{prefix}{key}"
-        if key not in base:
-            raise ParamsError(f"overlay: {dotted}: unknown key")
-        if isinstance(value, Mapping) and isinstance(base[key], Mapping):
-            merged[key] = merge(base[key], value, prefix=f"{dotted}.")
-        else:
-            merged[key] = value
-    return merged
-
-
-def load_params(path: Path = PARAMS_FILE, overlays: tuple[Path, ...] = ()) -> Params:
-    raw = read_yaml(path)
-    for overlay in overlays:
-        raw = merge(raw, read_yaml(overlay))
-    source = " + ".join(str(p) for p in (path, *overlays))
-    return Params.from_mapping(raw, source=source)
-
-
-def load_stage_params(path: Path = PARAMS_FILE) -> Params:
-    """For a stage's main(): a bad params.yaml ends the process with the message alone."""
-    try:
-        return load_params(path)
-    except ParamsError as error:
-        raise SystemExit(f"error: {error}") from None
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            yield from flatten(value, prefix=f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
-if __name__ == "__main__":  # `python -m tasks.params check|overrides ...` (tasks/overlays.py)
-    from tasks.overlays import main
-
-    main()

@@ -1,0 +1,178 @@
+"""The one typed configuration object, mirroring params.yaml section by section.
+
+Every stage calls `load_params()` once and hands each function only its own section.
+Unknown keys, wrong types and out-of-range values fail at load time with a message that
+names the dotted key (`train.timestep.beta_lambda: ...`), never deep inside a stage.
+
+Overlay files (params/*.yaml) hold only the keys that differ from params.yaml, e.g. the
+paper-scale configurations; `python -m tasks.params overrides FILE...` prints them, stacked
+in order, as `-S key=value` arguments for `dvc exp run`, and `check FILE...` validates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from tasks.params.base import Fraction, ParamsError, Positive, PositiveInt, Section
+from tasks.params.data import (
+    BackendChoice,
+    BackendParams,
+    CaptionParams,
+    CaptionSource,
+    ClapChoice,
+    CurateParams,
+    DataParams,
+    DegradationParams,
+    IngestParams,
+    LatentParams,
+    NoiseParams,
+    QualityParams,
+    ScorerOptim,
+    ScorerParams,
+    TrackingParams,
+)
+from tasks.params.training import (
+    FinetuneParams,
+    MaskingParams,
+    ModelParams,
+    OptimParams,
+    RepaBranch,
+    RepaParams,
+    SampleParams,
+    TimestepParams,
+    TrainParams,
+)
+
+PARAMS_FILE = Path("params.yaml")
+
+__all__ = [
+    "PARAMS_FILE",
+    "BackendChoice",
+    "BackendParams",
+    "CaptionParams",
+    "CaptionSource",
+    "ClapChoice",
+    "CurateParams",
+    "DataParams",
+    "DegradationParams",
+    "FinetuneParams",
+    "Fraction",
+    "IngestParams",
+    "LatentParams",
+    "MaskingParams",
+    "ModelParams",
+    "NoiseParams",
+    "OptimParams",
+    "Params",
+    "ParamsError",
+    "Positive",
+    "PositiveInt",
+    "QualityParams",
+    "RepaBranch",
+    "RepaParams",
+    "SampleParams",
+    "ScorerOptim",
+    "ScorerParams",
+    "Section",
+    "TimestepParams",
+    "TrackingParams",
+    "TrainParams",
+    "flatten",
+    "load_params",
+    "load_stage_params",
+    "merge",
+    "read_yaml",
+]
+
+
+# --------------------------------------------------------------------------- root
+class Params(Section):
+    seed: Annotated[int, Field(ge=0)]
+    tracking: TrackingParams
+    data: DataParams
+    curate: CurateParams
+    quality: QualityParams
+    captions: CaptionParams
+    latents: LatentParams
+    backends: BackendParams
+    scorers: ScorerParams
+    model: ModelParams
+    train: TrainParams
+    finetune: FinetuneParams
+    sample: SampleParams
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], source: str = "params.yaml") -> Params:
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as error:
+            raise ParamsError(_describe(error, source)) from None
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: {error.error_count()} invalid value(s)"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        shown = (
+            "" if item["type"] in ("missing", "extra_forbidden") else f" (got {item['input']!r})"
+        )
+        lines.append(f"  {key}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections")
+    return raw
+
+
+def merge(base: Mapping[str, Any], overlay: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Deep-merge `overlay` into `base`; an overlay key absent from base is an error."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise ParamsError(f"overlay: {dotted}: unknown key")
+        if isinstance(value, Mapping) and isinstance(base[key], Mapping):
+            merged[key] = merge(base[key], value, prefix=f"{dotted}.")
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_params(path: Path = PARAMS_FILE, overlays: tuple[Path, ...] = ()) -> Params:
+    raw = read_yaml(path)
+    for overlay in overlays:
+        raw = merge(raw, read_yaml(overlay))
+    source = " + ".join(str(p) for p in (path, *overlays))
+    return Params.from_mapping(raw, source=source)
+
+
+def load_stage_params(path: Path = PARAMS_FILE) -> Params:
+    """For a stage's main(): a bad params.yaml ends the process with the message alone."""
+    try:
+        return load_params(path)
+    except ParamsError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            yield from flatten(value, prefix=f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value

@@ -1,0 +1,108 @@
+"""Params sections of the model and its training: FluxAudio + the four switches, optimisers."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, model_validator
+
+from tasks.params.base import Fraction, Positive, PositiveInt, Section
+
+
+# --------------------------------------------------------------------------- model
+class RepaBranch(Section):
+    """Paper 000 eq. (4)-(6): weight λ, projection size, timestep weight (1 - t)^α."""
+
+    weight: Annotated[float, Field(ge=0.0)]
+    projection_dim: PositiveInt
+    time_weight_exponent: Annotated[float, Field(ge=0.0)]
+
+
+class RepaParams(Section):
+    clap: RepaBranch
+    muq: RepaBranch
+
+
+class MaskingParams(Section):
+    """Paper 003 §4.2 MDT masking; ratio drawn from U[mask_ratio, mask_ratio + jitter]."""
+
+    mask_ratio: Annotated[float, Field(ge=0.0, lt=1.0)]
+    mask_ratio_jitter: Annotated[float, Field(ge=0.0, lt=1.0)]
+    decode_layers: Annotated[int, Field(ge=0)]
+
+    @model_validator(mode="after")
+    def _ratio_stays_below_one(self) -> Self:
+        if self.mask_ratio > 0 and self.mask_ratio + self.mask_ratio_jitter >= 1.0:
+            raise ValueError("mask_ratio + mask_ratio_jitter must be < 1")
+        return self
+
+
+class ModelParams(Section):
+    """Paper 000 §III-A / Table II; `depth` counts all blocks, joint = depth - fused_depth."""
+
+    latent_dim: PositiveInt
+    hidden_dim: PositiveInt
+    num_heads: PositiveInt
+    depth: PositiveInt
+    fused_depth: Annotated[int, Field(ge=0)]
+    latent_seq_len: PositiveInt
+    text_seq_len: PositiveInt
+    mlp_ratio: Positive
+    positional_encoding: Literal["rope"]
+    quality_token: bool
+    masking: MaskingParams
+    repa: RepaParams
+
+    @model_validator(mode="after")
+    def _shapes_are_consistent(self) -> Self:
+        if self.fused_depth > self.depth:
+            raise ValueError("fused_depth must be <= depth (depth counts all blocks)")
+        if self.hidden_dim % self.num_heads:
+            raise ValueError("hidden_dim must be divisible by num_heads")
+        if (self.hidden_dim // self.num_heads) % 2:
+            raise ValueError("hidden_dim / num_heads must be even for RoPE")
+        if self.masking.decode_layers > self.depth:
+            raise ValueError("masking.decode_layers must be <= depth")
+        return self
+
+
+# --------------------------------------------------------------------------- training
+class TimestepParams(Section):
+    """Paper 000 §II-C eq. (1)-(2): t ~ Beta(1 + λ(1 - S), 1); λ = 0 is uniform."""
+
+    beta_lambda: Annotated[float, Field(ge=0.0)]
+    score_clip_percentile: Annotated[float, Field(gt=0.0, le=100.0)]
+
+
+class OptimParams(Section):
+    """Paper 000 Table II and the reference runner (REFERENCE.md §A.7)."""
+
+    steps: PositiveInt
+    batch_size: PositiveInt
+    learning_rate: Positive
+    weight_decay: Annotated[float, Field(ge=0.0)]
+    adam_betas: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(min_length=2, max_length=2)
+    grad_clip: Positive
+    warmup_steps: Annotated[int, Field(ge=0)]
+    lr_milestones: list[Annotated[float, Field(gt=0.0, lt=1.0)]]
+    lr_gamma: Annotated[float, Field(gt=0.0, le=1.0)]
+    mixed_precision: Literal["no", "bf16", "fp16"]
+    eval_every: PositiveInt
+    checkpoint_every: PositiveInt
+
+
+class TrainParams(Section):
+    optim: OptimParams
+    timestep: TimestepParams
+    cfg_dropout: Fraction
+
+
+class FinetuneParams(Section):
+    """Paper 000 §II-B stage 2: 10,000 steps on rewritten concise captions."""
+
+    optim: OptimParams
+
+
+class SampleParams(Section):
+    steps: PositiveInt
+    cfg_scale: Annotated[float, Field(ge=0.0)]
