@@ -1,7 +1,8 @@
 """Atomic writes: a reader never sees a half-written file or directory.
 
 Everything is written under a temporary name in the destination's own directory (same
-file system) and renamed into place only once complete.
+file system), flushed to disk, and renamed into place only once complete; the directory
+is synced after the rename so the new entry survives a crash too.
 """
 
 from __future__ import annotations
@@ -27,9 +28,21 @@ def atomic_path(destination: Path) -> Iterator[Path]:
     temporary = Path(name)
     try:
         yield temporary
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
         os.replace(temporary, destination)
+        _fsync_directory(destination.parent)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable: the directory entry itself must reach the disk."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 @contextlib.contextmanager

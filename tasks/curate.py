@@ -14,7 +14,6 @@ reports/curation.{json,md} + reports/curation/ (tables, Fig. 1 sample, histogram
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +28,10 @@ from tasks.audio_io import AudioRejected, dbfs, read_audio
 from tasks.backends.base import ClapBackend
 from tasks.backends.clap import load_clap
 from tasks.backends.quality import load_quality
-from tasks.curation_report import Report, write_reports
-from tasks.params import Params, flatten, load_stage_params
+from tasks.curation_report import write_reports
+from tasks.params import Params, load_stage_params
 from tasks.quality_levels import fitted_moments, moments, quality_level, quality_prefix
+from tasks.reporting import log_report
 from tasks.score_cache import CachedScorer, ScoreCache, backend_identity
 from tasks.segments import (
     SEGMENT_COLUMNS,
@@ -138,18 +138,32 @@ def scan_candidates(
                 yield window
 
 
-def kept_windows(
-    segments: pd.DataFrame, tracks: pd.DataFrame, corpus_root: Path, params: Params
+def segment_windows(
+    rows: pd.DataFrame, tracks: pd.DataFrame, corpus_root: Path, sample_rate: int
 ) -> Iterator[np.ndarray]:
-    """The kept windows again, in segment order, each track decoded once."""
-    rate, length = params.data.sample_rate, window_length(params.curate, params.data.sample_rate)
+    """The windows [start_s, end_s) of `rows`, in row order, each track decoded once.
+
+    Rows must be grouped by track (consecutive), as segment tables are.
+    """
     paths = dict(zip(tracks["track_id"], tracks["audio_path"], strict=True))
-    kept = segments[segments["kept"]]
-    for track_id, rows in kept.groupby("track_id", sort=False):
-        audio = load_track(corpus_root / paths[track_id], rate, length)
-        for start_s in rows["start_s"]:
-            start = round(start_s * rate)
+    ids = rows["track_id"].to_numpy(dtype=str)
+    if len(ids) and int((ids[1:] != ids[:-1]).sum()) + 1 != len(set(ids)):
+        raise ValueError("segment rows must be grouped by track")
+    for track_id, group in rows.groupby("track_id", sort=False):
+        audio = read_audio(corpus_root / paths[track_id], sample_rate)
+        for start_s, end_s in zip(group["start_s"], group["end_s"], strict=True):
+            start, length = round(start_s * sample_rate), round((end_s - start_s) * sample_rate)
+            if start + length > audio.size:
+                raise AudioRejected("too_short", f"{track_id} ends before {end_s:.2f} s")
             yield audio[start : start + length]
+
+
+def corpus_sample_rate(tracks: pd.DataFrame) -> int:
+    """The one sample rate the corpus was written at (tracks.parquet), for later stages."""
+    rates = tracks["sample_rate"].unique()
+    if len(rates) != 1:
+        raise ValueError(f"tracks.parquet mixes sample rates {sorted(rates)}")
+    return int(rates[0])
 
 
 # --------------------------------------------------------------------------- scoring
@@ -191,7 +205,7 @@ def add_quality(
     """p-MOS, quality level and prefix of the kept segments (paper 003 §4.1)."""
     out = segments.copy()
     kept = out["kept"].to_numpy(dtype=bool)
-    windows = kept_windows(out, tracks, corpus_root, params)
+    windows = segment_windows(out[kept], tracks, corpus_root, params.data.sample_rate)
     pmos = np.full(len(out), np.nan)
     values = scorer.run(windows, params.data.sample_rate)
     pmos[kept] = np.concatenate(values) if values else []
@@ -246,23 +260,6 @@ def stage_params(params: Params) -> dict:
     }
 
 
-def log_report(report: Report) -> None:
-    """Metrics (flattened counts, thresholds, ground truth), tables and report files."""
-    metrics = {
-        key: float(value)
-        for key, value in flatten(report.summary)
-        if isinstance(value, int | float) and not isinstance(value, bool)
-    }
-    mlflow.log_metrics(metrics)
-    for name, table in report.tables.items():
-        with warnings.catch_warnings():  # mlflow's own select_dtypes call under pandas 3
-            warnings.filterwarnings("ignore", "For backward compatibility, 'str' dtypes")
-            if len(table):
-                mlflow.log_table(table, artifact_file=f"curation/{name}.json")
-    for path in report.artifacts:
-        mlflow.log_artifact(str(path), artifact_path=str(path.parent))
-
-
 def run(params: Params) -> dict:
     """Curate the corpus under `data.root` into data/curated and reports/ (cwd-relative)."""
     started = time.perf_counter()
@@ -275,7 +272,7 @@ def run(params: Params) -> dict:
         write_parquet(CURATED / "segments.parquet", curation.segments)
         write_parquet(CURATED / "rejects.parquet", curation.rejects)
         report = write_reports(curation, tracks, params)
-        log_report(report)
+        log_report(report, "curation")
         # Run-dependent figures go to MLflow only, so reports/ stays reproducible.
         mlflow.log_metric("stage_seconds", time.perf_counter() - started)
         for scorer, counts in curation.scorer_stats.items():

@@ -11,7 +11,6 @@ question directly: does the filter drop the wrong captions and keep the clean on
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from matplotlib.figure import Figure  # the OO API: Agg canvas, no pyplot global
 from tasks.atomic import atomic_path, write_json, write_text
 from tasks.metrics import roc_auc
 from tasks.params import Params
+from tasks.reporting import Report, json_safe, markdown_table, nested_records, value_counts
 from tasks.segments import LOW, STATUSES, TIERS, Curation, fig1_sample
 
 REPORT_JSON = Path("reports/curation.json")
@@ -28,13 +28,6 @@ REPORT_MD = Path("reports/curation.md")
 FIGURES = Path("reports/curation")
 NOISE_KINDS = ("clean", "partial", "wrong")
 SCOPES = {"train": ("train",), "train_val": ("train", "val")}
-
-
-@dataclass(frozen=True)
-class Report:
-    summary: dict  # = reports/curation.json
-    tables: dict[str, pd.DataFrame]  # name -> table (also CSV under reports/curation/)
-    artifacts: list[Path]  # files to log to MLflow
 
 
 # --------------------------------------------------------------------------- tables
@@ -221,34 +214,6 @@ def plot_scores(
 
 
 # --------------------------------------------------------------------------- summary
-def _clean(value: object) -> object:
-    """JSON-safe: NaN -> None, numpy scalars -> Python, recursively."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _counts(values: pd.Series) -> dict[str, int]:
-    return {str(k): int(v) for k, v in values.dropna().value_counts().sort_index().items()}
-
-
-def _records(table: pd.DataFrame, keys: list[str]) -> dict:
-    """Nested {key1: {key2: {column: value}}} for DVC's flattened metrics."""
-    nested: dict = {}
-    for row in table.to_dict("records"):
-        node = nested
-        for key in keys[:-1]:
-            node = node.setdefault(str(row.pop(key)), {})
-        node[str(row.pop(keys[-1]))] = row
-    return nested
-
-
 def summarize(
     curation: Curation, tracks: pd.DataFrame, truth: pd.DataFrame, sample: pd.DataFrame,
     tables: dict[str, pd.DataFrame], params: Params,
@@ -262,12 +227,12 @@ def summarize(
         "tracks": len(tracks),
         "tracks_scored": int(segments["track_id"].nunique()),
         "rejects": len(curation.rejects),
-        "reject_reasons": _counts(curation.rejects["reason"]),
+        "reject_reasons": value_counts(curation.rejects["reason"]),
         "candidates": len(segments),
         "kept": int(segments["kept"].sum()),
-        "tier_counts": _counts(segments["tier"]),
-        "status_counts": _counts(segments["status"]),
-        "per_split": _records(tables["tiers"].drop(columns=["candidates"]), ["split"]),
+        "tier_counts": value_counts(segments["tier"]),
+        "status_counts": value_counts(segments["status"]),
+        "per_split": nested_records(tables["tiers"].drop(columns=["candidates"]), ["split"]),
         "thresholds": curation.thresholds.as_dict(),
         "score_clip": {
             "percentile": params.train.timestep.score_clip_percentile,
@@ -288,34 +253,22 @@ def summarize(
             "mean_fitted_train_kept": fitted[0],
             "std_fitted_train_kept": fitted[1],
         },
-        "quality_levels": _counts(kept["quality_level"].astype("Int64")),
-        "quality_prefixes": _counts(kept["quality_prefix"]),
+        "quality_levels": value_counts(kept["quality_level"].astype("Int64")),
+        "quality_prefixes": value_counts(kept["quality_prefix"]),
         "level_accuracy": float((known["quality_level"] == known["recorded_level"]).mean()),
         "ground_truth": None,
     }
     if "noise" in tables:
         summary["ground_truth"] = {
-            "noise": _records(tables["noise"], ["scope", "caption_noise"]),
-            "filter": _records(tables["filter"], ["scope", "target"]),
+            "noise": nested_records(tables["noise"], ["scope", "caption_noise"]),
+            "filter": nested_records(tables["filter"], ["scope", "target"]),
             "tier_split": tier_split_rate(truth),
-            "clean_by_quality": _records(tables["clean_by_quality"], ["recorded_level"]),
+            "clean_by_quality": nested_records(tables["clean_by_quality"], ["recorded_level"]),
         }
-    return _clean(summary)
+    return json_safe(summary)
 
 
 # --------------------------------------------------------------------------- markdown
-def markdown_table(table: pd.DataFrame) -> str:
-    def cell(value: object) -> str:
-        if isinstance(value, float | np.floating):
-            return "–" if not math.isfinite(value) else f"{value:.3f}"
-        return str(value)
-
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |"]
-    lines.append("|" + " --- |" * len(table.columns))
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(False)]
-    return "\n".join(lines)
-
-
 def markdown(summary: dict, tables: dict[str, pd.DataFrame], params: Params) -> str:
     t, clip, fig1, pmos = (summary[k] for k in ("thresholds", "score_clip", "fig1_val", "pmos"))
     curate = params.curate

@@ -52,3 +52,44 @@ def params_with(raw: dict, overlay: dict) -> Params:
 @pytest.fixture(scope="session")
 def tiny_params(shipped_params: dict) -> Params:
     return params_with(shipped_params, {"data": TINY_DATA})
+
+
+# Stages after `curate` start from this: a tiny corpus, random embedded scorers, curated.
+CURATED_OVERLAY = {
+    "data": {**TINY_DATA, "root": "corpus"},
+    "curate": {"candidates_per_track": 6, "segment_seconds": 4.0, "keep_per_track": 3},
+}
+
+
+@pytest.fixture(scope="session")
+def curated_workspace(shipped_params: dict, tmp_path_factory) -> tuple[Path, dict]:
+    """(directory, raw params) after corpus + curate on random scorers; copy it to use it."""
+    import contextlib
+    import os
+
+    from tasks import corpus, curate
+    from tests.test_curate import save_random_scorers
+
+    root = tmp_path_factory.mktemp("curated")
+    base = params_with(shipped_params, {"data": TINY_DATA})
+    clap_dir, quality_dir = save_random_scorers(base, root / "scorers")
+    backends = {
+        "clap": {"name": "embedded", "path": str(clap_dir), "text_model_path": None},
+        "quality": {"name": "embedded", "path": str(quality_dir)},
+        "frame_teacher": {"name": "embedded", "path": str(clap_dir)},
+    }
+    raw = merge(shipped_params, {**CURATED_OVERLAY, "backends": backends})
+    params = Params.from_mapping(raw)
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    try:
+        with contextlib.chdir(root):
+            built = corpus.build_corpus(params.data, params.seed, 4.0, root / "corpus")
+            corpus.write_corpus(built, root / "corpus")
+            curate.run(params)
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+    return root, raw

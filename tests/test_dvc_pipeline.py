@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -64,11 +65,13 @@ def test_repro_runs_the_dag_then_is_a_no_op(scratch_repo):
     root, env = scratch_repo
     dvc = [sys.executable, "-m", "dvc"]
     first = _run([*dvc, "repro"], root, env)
-    for stage in ("corpus", "scorers", "curate"):
+    for stage in ("corpus", "scorers", "curate", "captions", "latents"):
         assert f"Running stage '{stage}'" in first
     assert (root / "data/corpus/tracks.parquet").exists()
     assert (root / "data/curated/segments.parquet").exists()
     assert (root / "artifacts/scorers/clap/model.safetensors").exists()
+    assert (root / "data/captions/captions.parquet").exists()
+    assert (root / "data/latents/segments.parquet").exists()
     assert (root / "dvc.lock").exists()
     second = _run([*dvc, "repro"], root, env)
     assert "Running stage" not in second
@@ -80,6 +83,14 @@ def test_repro_runs_the_dag_then_is_a_no_op(scratch_repo):
     params["train"]["optim"]["steps"] = 7
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "up to date" in _run([*dvc, "status"], root, env)
+    # a rewriting param reruns captions and what reads it, nothing upstream
+    params["captions"]["rewrite_batch_size"] = 5
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stale = json.loads(_run([*dvc, "status", "--json"], root, env))
+    assert set(stale) == {"captions"}, stale
+    rerun = _run([*dvc, "repro"], root, env)
+    assert "Running stage 'captions'" in rerun
+    assert not re.search(r"Running stage '(corpus|scorers|curate)'", rerun)
     params["data"]["num_tracks"] = 9
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert re.search(r"modified:\s+data\b", _run([*dvc, "status"], root, env))
