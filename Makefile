@@ -37,6 +37,9 @@ lint: setup
 
 bench: setup
 	$(RUN) $(BIN)/python -m benchmarks.corpus_build
+	$(RUN) $(BIN)/python -m benchmarks.scorers_throughput
+	$(RUN) $(BIN)/python -m benchmarks.codec_throughput
+	$(RUN) $(BIN)/python -m benchmarks.dataloader_throughput
 
 clean:
 	rm -rf $(VENV)

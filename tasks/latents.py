@@ -39,7 +39,7 @@ from tasks.backends.base import (
     checkpoint_identity,
 )
 from tasks.backends.clap import load_clap
-from tasks.backends.codec import load_codec
+from tasks.backends.codec import codec_identity, load_codec
 from tasks.backends.frame_teacher import load_frame_teacher
 from tasks.backends.text_encoder import load_text_encoder
 from tasks.captions import CAPTION_COLUMNS
@@ -105,10 +105,10 @@ def fingerprint(params: Params, inputs: Sequence[Path]) -> dict:
     """What the cache depends on: input tables, the params that shape it, checkpoints."""
     digests = {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in inputs}
     backends = params.backends
-    checkpoints = {
+    checkpoints: dict[str, object] = {"codec": codec_identity(backends.codec, params.latents.mel25)}
+    checkpoints |= {
         part: checkpoint_identity(choice.path)["sha256"] if choice.path else None
         for part, choice in (
-            ("codec", backends.codec),
             ("clap", backends.clap),
             ("frame_teacher", backends.frame_teacher),
             ("text_encoder", backends.text_encoder),

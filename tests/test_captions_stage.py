@@ -39,7 +39,7 @@ def captioned(curated_workspace, tmp_path_factory) -> tuple[Path, Params, dict]:
 
 
 def test_one_row_per_kept_segment_with_every_caption(captioned) -> None:
-    root, params, summary = captioned
+    root, _params, summary = captioned
     table = pd.read_parquet(root / captions.CAPTIONS)
     segments = pd.read_parquet(root / "data/curated/segments.parquet")
     assert list(table.columns) == list(captions.CAPTION_COLUMNS)
@@ -69,7 +69,9 @@ def test_refinement_applies_the_recorded_thresholds(captioned) -> None:
     assert table.loc[merged, "merge_backend"].notna().all()
     assert table.loc[~merged, "merge_backend"].isna().all()
     replaced = ~keep & ~merged
-    assert (table.loc[replaced, "caption_refined"] == table.loc[replaced, "caption_generated"]).all()
+    assert (
+        table.loc[replaced, "caption_refined"] == table.loc[replaced, "caption_generated"]
+    ).all()
 
 
 def test_inference_captions_are_concise_and_the_subset_is_train_only(captioned) -> None:
@@ -80,7 +82,9 @@ def test_inference_captions_are_concise_and_the_subset_is_train_only(captioned) 
     assert (table["rewrite_backend"] == "embedded").all() and table["rewrite_fallback"].isna().all()
     train = table["split"] == "train"
     assert not table.loc[~train, "finetune"].any()
-    assert table.loc[train, "finetune"].sum() == round(params.captions.finetune_fraction * train.sum())
+    assert table.loc[train, "finetune"].sum() == round(
+        params.captions.finetune_fraction * train.sum()
+    )
     similarity = np.array([table["clap_refined"], table["clap_inference"]])
     assert np.isfinite(similarity).all() and (np.abs(similarity) <= 1.0 + 1e-5).all()
 

@@ -33,8 +33,7 @@ from tasks.backends.mel_codec import (
     log_mel,
     nnls_mel_inverse,
 )
-from tasks.params import BackendChoice
-from tasks.params.data import Mel25Params
+from tasks.params import BackendChoice, Mel25Params
 from tasks.synthesis.arrangement import render, sample_track_spec
 
 MEL25 = Mel25Params(sample_rate=16000, n_mels=64, frame_rate=25, fmax=8000.0, griffin_lim_iters=32)

@@ -43,8 +43,7 @@ from tasks.backends.mel_codec import (
     log_mel,
     mel25_front_end,
 )
-from tasks.params import BackendChoice
-from tasks.params.data import Mel25Params
+from tasks.params import BackendChoice, Mel25Params
 
 CodecFactory = Callable[[Mel25Params], CodecBackend]
 CODEC_BACKENDS: Registry[CodecFactory] = Registry("codec")

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from tasks.backends.base import stack_clips
-from tasks.params.data import Mel25Params
+from tasks.params import Mel25Params
 
 # AudioLDM's magnitude floor squared: ~115 dB below the loudest mel bins of peak-normalised
 # music, so it binds only where a band holds no signal at all (silence, empty bands).
