@@ -194,17 +194,6 @@ def test_too_many_instruments_are_refused(tiny_params: Params) -> None:
         embedded_captioner(tiny_params, [], captioner_instruments=len(INSTRUMENT_NAMES) + 1)
 
 
-def named_concepts(caption: str) -> tuple[set[str], str]:
-    """Canonical names found in `caption` (longest first), and what is left of it."""
-    names = sorted({name for _, name in CONCEPTS}, key=len, reverse=True)
-    found, rest = set(), caption
-    for name in names:
-        rest, hits = word_pattern(name).subn(" ", rest)
-        if hits:
-            found.add(name)
-    return found, rest
-
-
 def test_caption_names_the_tags_in_canonical_words_only(tiny_params: Params, scene) -> None:
     vectors, _ = scene
     captioner, _ = embedded_captioner(tiny_params, vectors, captioner_instruments=3)
