@@ -33,12 +33,10 @@ from tasks.latent_store import (
     TEXTS,
     ShardedTable,
     channel_stats,
-    is_done,
     prepare,
     read_manifest,
-    shard_ranges,
     update_manifest,
-    write_shard,
+    write_missing_shards,
     write_stats,
 )
 from tasks.params import Params, load_params
@@ -130,10 +128,10 @@ def _unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
 
 
 def synthetic_segment_shard(
-    shapes: SyntheticShapes, seed: int, shard: int, rows: int
+    shapes: SyntheticShapes, seed: int, first_row: int, rows: int
 ) -> dict[str, np.ndarray]:
     """Per-segment tensors of one shard; channel offsets/scales make the stats non-trivial."""
-    rng = np.random.default_rng((seed, 0, shard))
+    rng = np.random.default_rng((seed, 0, first_row))
     scale = np.linspace(0.5, 2.0, shapes.latent_dim, dtype=np.float32)
     offset = np.linspace(-1.0, 1.0, shapes.latent_dim, dtype=np.float32)
     latents = rng.standard_normal((rows, shapes.frames, shapes.latent_dim), dtype=np.float32)
@@ -145,9 +143,9 @@ def synthetic_segment_shard(
 
 
 def synthetic_text_shard(
-    shapes: SyntheticShapes, seed: int, shard: int, rows: int
+    shapes: SyntheticShapes, seed: int, first_row: int, rows: int
 ) -> dict[str, torch.Tensor]:
-    rng = np.random.default_rng((seed, 1, shard))
+    rng = np.random.default_rng((seed, 1, first_row))
     sequence = rng.standard_normal((rows, shapes.text_length, shapes.text_dim), dtype=np.float32)
     lengths = rng.integers(1, shapes.text_length + 1, rows)
     return {
@@ -161,21 +159,14 @@ def write_synthetic_cache(root: Path, shapes: SyntheticShapes, seed: int) -> boo
     """A complete cache at `root`, written like the stage does; True if it resumed."""
     resumed = prepare(root, {"synthetic": asdict(shapes), "seed": seed})
     segments, texts = synthetic_index(shapes, seed)
-    for index, rows in enumerate(shard_ranges(len(segments), shapes.per_shard)):
-        ids = {
-            "first_segment_id": segments.segment_id[rows[0]],
-            "last_segment_id": segments.segment_id[rows[-1]],
-        }
-        if not is_done(root, SEGMENTS, index, len(rows), ids):
-            write_shard(
-                root, SEGMENTS, index, synthetic_segment_shard(shapes, seed, index, len(rows)), ids
-            )
-    for index, rows in enumerate(shard_ranges(len(texts), shapes.per_shard)):
-        ids = {"first_text_id": str(rows[0]), "last_text_id": str(rows[-1])}
-        if not is_done(root, TEXTS, index, len(rows), ids):
-            write_shard(
-                root, TEXTS, index, synthetic_text_shard(shapes, seed, index, len(rows)), ids
-            )
+    write_missing_shards(
+        root, SEGMENTS, segments, "segment_id", shapes.per_shard,
+        lambda part: synthetic_segment_shard(shapes, seed, part.index[0], len(part)),
+    )  # fmt: skip
+    write_missing_shards(
+        root, TEXTS, texts, "text_id", shapes.per_shard,
+        lambda part: synthetic_text_shard(shapes, seed, part.index[0], len(part)),
+    )  # fmt: skip
     write_parquet(root / SEGMENT_INDEX, segments)
     write_parquet(root / TEXT_INDEX, texts)
     train_rows = np.flatnonzero(segments["split"].to_numpy() == "train")

@@ -23,11 +23,12 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors import SafetensorError, safe_open
 
@@ -237,6 +238,31 @@ def is_done(
         return True
     path.unlink()
     return False
+
+
+def write_missing_shards(
+    root: Path,
+    name: str,
+    table: pd.DataFrame,
+    id_column: str,
+    per_shard: int,
+    encode: Callable[[pd.DataFrame], Mapping[str, torch.Tensor | np.ndarray]],
+) -> tuple[int, int]:
+    """(written, skipped): encode and write every shard of the plan not already done.
+
+    A shard counts as done only if it holds its planned rows, first to last id.
+    """
+    written = skipped = 0
+    for index, rows in enumerate(shard_ranges(len(table), per_shard)):
+        part = table.iloc[rows.start : rows.stop]
+        ids = part[id_column].astype(str)
+        plan = {"first": ids.iloc[0], "last": ids.iloc[-1]}
+        if is_done(root, name, index, len(part), plan):
+            skipped += 1
+            continue
+        write_shard(root, name, index, encode(part), plan)
+        written += 1
+    return written, skipped
 
 
 # --------------------------------------------------------------------------- reading

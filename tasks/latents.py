@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from tasks import latent_store as store
+from tasks import schema
 from tasks.atomic import write_parquet
 from tasks.backends.base import (
     ClapBackend,
@@ -175,26 +176,6 @@ def encode_texts(rows: pd.DataFrame, params: Params, encoders: Encoders) -> dict
     }
 
 
-def write_missing_shards(
-    root: Path, name: str, table: pd.DataFrame, id_column: str, per_shard: int, encode
-) -> tuple[int, int]:
-    """(written, skipped): encode and write every shard of the plan not already done.
-
-    A shard counts as done only if it holds its planned rows, first to last id.
-    """
-    written = skipped = 0
-    for index, rows in enumerate(store.shard_ranges(len(table), per_shard)):
-        part = table.iloc[rows.start : rows.stop]
-        ids = part[id_column].astype(str)
-        plan = {"first": ids.iloc[0], "last": ids.iloc[-1]}
-        if store.is_done(root, name, index, len(part), plan):
-            skipped += 1
-            continue
-        store.write_shard(root, name, index, encode(part), plan)
-        written += 1
-    return written, skipped
-
-
 # --------------------------------------------------------------------------- stage
 def stage_params(params: Params) -> dict:
     return {
@@ -229,29 +210,23 @@ def build_cache(params: Params, inputs: dict[str, Path]) -> dict:
     root = Path(params.latents.root)
     tracks = pd.read_parquet(inputs["tracks"])
     captions = pd.read_parquet(inputs["captions"])
-    store_check = [c for c in CAPTION_COLUMNS if c not in captions.columns]
-    if store_check:
-        raise ValueError(f"captions.parquet: missing columns {store_check}")
+    schema.check_columns(captions, CAPTION_COLUMNS, "captions.parquet")
     table = segment_table(pd.read_parquet(inputs["segments"]), captions)
     texts, table = text_table(table, params)
     resumed = store.prepare(root, fingerprint(params, list(inputs.values())))
     per_shard = params.latents.segments_per_shard
     with ScoreCache(Path(params.curate.cache_dir)) as cache:
         encoders = load_encoders(params, cache)
-        segments = write_missing_shards(
+        segments = store.write_missing_shards(
             root, "segments", table, "segment_id", per_shard,
             lambda part: encode_segments(part, tracks, params, encoders),
         )  # fmt: skip
-        text_shards = write_missing_shards(
+        text_shards = store.write_missing_shards(
             root, "texts", texts, "text_id", per_shard,
             lambda part: encode_texts(part, params, encoders),
         )  # fmt: skip
-    ranges = store.shard_ranges(len(table), per_shard)
-    table["shard"] = np.concatenate([np.full(len(r), i) for i, r in enumerate(ranges)])
-    table["row"] = np.concatenate([np.arange(len(r)) for r in ranges])
-    text_ranges = store.shard_ranges(len(texts), per_shard)
-    texts["shard"] = np.concatenate([np.full(len(r), i) for i, r in enumerate(text_ranges)])
-    texts["row"] = np.concatenate([np.arange(len(r)) for r in text_ranges])
+    table["shard"], table["row"] = np.divmod(np.arange(len(table)), per_shard)
+    texts["shard"], texts["row"] = np.divmod(np.arange(len(texts)), per_shard)
     train_rows = np.flatnonzero((table["split"] == "train").to_numpy())
     latents = store.ShardedTable(root, "segments")
     mean, std = store.channel_stats(latents, "latents", train_rows)

@@ -66,13 +66,14 @@ def expected_segment(table_row: int) -> dict[str, np.ndarray]:
     """What write_synthetic_cache generated for segment `table_row`, regenerated."""
     shard, row = divmod(table_row, SHAPES.per_shard)
     size = len(shard_ranges(SHAPES.segments, SHAPES.per_shard)[shard])
-    return {k: v[row] for k, v in synthetic_segment_shard(SHAPES, SEED, shard, size).items()}
+    tensors = synthetic_segment_shard(SHAPES, SEED, table_row - row, size)
+    return {k: v[row] for k, v in tensors.items()}
 
 
 def expected_text(text_id: int, text_count: int) -> dict[str, torch.Tensor]:
     shard, row = divmod(text_id, SHAPES.per_shard)
     size = len(shard_ranges(text_count, SHAPES.per_shard)[shard])
-    return {k: v[row] for k, v in synthetic_text_shard(SHAPES, SEED, shard, size).items()}
+    return {k: v[row] for k, v in synthetic_text_shard(SHAPES, SEED, text_id - row, size).items()}
 
 
 def test_a_sample_carries_the_cached_values_of_its_segment_and_caption(root):
