@@ -40,6 +40,7 @@ bench: setup
 	$(RUN) $(BIN)/python -m benchmarks.scorers_throughput
 	$(RUN) $(BIN)/python -m benchmarks.codec_throughput
 	$(RUN) $(BIN)/python -m benchmarks.dataloader_throughput
+	$(RUN) $(BIN)/python -m benchmarks.training_throughput
 
 clean:
 	rm -rf $(VENV)

@@ -64,9 +64,10 @@ def spectrogram_view(latent: torch.Tensor, grid: tuple[int, int]) -> torch.Tenso
 
 
 def stage_rows(segments: pd.DataFrame, split: str, stage: Stage) -> pd.DataFrame:
-    """Segments of `split`; fine-tuning keeps only its subset (paper 000 Table II: 40 %)."""
+    """Segments of `split`; fine-tuning trains on its subset only (paper 000 Table II: 40 % of
+    the training data) and validates on the whole held-out split, with the same captions."""
     chosen = segments["split"] == split
-    if stage == "finetune":
+    if stage == "finetune" and split == "train":
         chosen &= segments["finetune"].astype(bool)
     rows = segments[chosen].reset_index(drop=True)
     if rows.empty:
@@ -108,14 +109,16 @@ class LatentDataset(Dataset[Sample]):
         finetune_column: str,
         seed: int,
         cfg_dropout: float,
-        unconditional_level: int,
+        unconditional_level: int | None,
     ) -> None:
         if not 0.0 <= cfg_dropout <= 1.0:
             raise ValueError(f"cfg_dropout must be in [0, 1], got {cfg_dropout}")
         manifest = read_manifest(root)
         self.segment_table = ShardedTable(root, SEGMENTS)
         self.text_table = ShardedTable(root, TEXTS)
-        self._check_text_index(pd.read_parquet(root / TEXT_INDEX))
+        texts = pd.read_parquet(root / TEXT_INDEX)
+        self._check_text_index(texts)
+        self.captions = texts["caption"].astype(str).to_numpy()  # without the quality prefix
         self.rows = stage_rows(pd.read_parquet(root / SEGMENT_INDEX), split, stage)
         columns = list(pretrain_columns) if stage == "pretrain" else [finetune_column]
         self.columns = columns
@@ -137,6 +140,10 @@ class LatentDataset(Dataset[Sample]):
         if not np.array_equal(rows, texts["text_id"].to_numpy(np.int64)):
             raise ValueError(f"{TEXT_INDEX}: text_id is not the global row of (shard, row)")
 
+    def text_table_captions(self, text_ids: Sequence[int]) -> list[str]:
+        """The captions behind cached text ids, without quality prefix (for CLAP scores)."""
+        return [str(self.captions[i]) for i in text_ids]
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
@@ -150,16 +157,17 @@ class LatentDataset(Dataset[Sample]):
         index = range(len(self))[index]  # IndexError out of range; the seed needs index >= 0
         choice = draw(self.seed, self.epoch, index, len(self.columns), self.cfg_dropout)
         # Classifier-free guidance dropout, once, here: the text, its mask and the global
-        # CLAP condition become the empty text's, jointly (REFERENCE §A.5), and the quality
-        # token becomes the unconditional level, the one the sampler's unconditional branch
-        # uses (paper 003 / REFERENCE §C.4: mos = 3). The QA-MDT reference instead drops
-        # whole batches and never drops the MOS token, so (empty text, level 3) is only
-        # trained on level-3 batches; dropping per sample keeps every batch mixed (the
-        # reference FluxAudio rule) and trains exactly the branch used at sampling.
+        # CLAP condition become the empty text's, jointly (REFERENCE §A.5). The quality token
+        # keeps the sample's level (QA-MDT's training never drops the MOS token) unless
+        # `unconditional_level` fixes the unconditional branch's level (paper 003 eq. (7),
+        # REFERENCE §C.4: mos = 3): then dropped samples train exactly that branch. Dropping
+        # per sample (the FluxAudio rule), not per batch (QA-MDT), keeps every batch mixed.
         text_id = (
             self.empty_text_id if choice.dropped else int(self.text_ids[index, choice.variant])
         )
-        level = self.unconditional_level if choice.dropped else int(self.quality_level[index])
+        level = int(self.quality_level[index])
+        if choice.dropped and self.unconditional_level is not None:
+            level = self.unconditional_level
         segment = [int(self.segment_rows[index])]
         return {
             "latent": self.segment_table.get("latents", segment)[0].float(),  # [T, C] raw

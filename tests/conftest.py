@@ -93,3 +93,52 @@ def curated_workspace(shipped_params: dict, tmp_path_factory) -> tuple[Path, dic
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
     return root, raw
+
+
+# The training stages on the tiny cache: a model and a run small enough for seconds.
+TINY_TRAINING = {
+    "model": {"hidden_dim": 32, "num_heads": 2, "depth": 3, "fused_depth": 1},
+    "train": {
+        "optim": {"steps": 12, "batch_size": 4, "warmup_steps": 2, "eval_every": 4,
+                  "checkpoint_every": 4},
+        "log_every": 2, "validation_batches": 2, "log_samples": 1, "sample_check_prompts": 2,
+    },
+    "finetune": {
+        "optim": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_every": 2,
+                  "checkpoint_every": 2},
+    },
+    "sample": {"steps": 4},
+    "latents": {"segments_per_shard": 16, "batch_size": 4},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def latent_workspace(curated_workspace, tmp_path_factory) -> tuple[Path, dict]:
+    """(directory, raw params) after captions + latents on the curated workspace, with the
+    tiny training overlay in params.yaml; copy it to use it."""
+    import contextlib
+    import os
+    import shutil
+
+    import yaml
+
+    from tasks import captions, latents
+
+    source, raw = curated_workspace
+    root = tmp_path_factory.mktemp("latents")
+    shutil.copytree(source, root, dirs_exist_ok=True)
+    raw = merge(raw, TINY_TRAINING)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = Params.from_mapping(raw)
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    try:
+        with contextlib.chdir(root):
+            captions.run(params)
+            latents.run(params)
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+    return root, raw

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY_DATA, TINY_SCORERS
+from tasks.params import merge
+from tests.conftest import REPO, TINY_DATA, TINY_SCORERS, TINY_TRAINING
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +45,7 @@ def scratch_repo(tmp_path: Path, shipped_params: dict) -> tuple[Path, dict]:
         "scorers": {**shipped_params["scorers"], **TINY_SCORERS},
         "curate": {**shipped_params["curate"], "segment_seconds": 4.0},
     }
+    raw = merge(raw, TINY_TRAINING)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     env = {
         **os.environ,
@@ -65,22 +67,28 @@ def test_repro_runs_the_dag_then_is_a_no_op(scratch_repo):
     root, env = scratch_repo
     dvc = [sys.executable, "-m", "dvc"]
     first = _run([*dvc, "repro"], root, env)
-    for stage in ("corpus", "scorers", "curate", "captions", "latents"):
+    for stage in ("corpus", "scorers", "curate", "captions", "latents", "pretrain", "finetune"):
         assert f"Running stage '{stage}'" in first
     assert (root / "data/corpus/tracks.parquet").exists()
     assert (root / "data/curated/segments.parquet").exists()
     assert (root / "artifacts/scorers/clap/model.safetensors").exists()
     assert (root / "data/captions/captions.parquet").exists()
     assert (root / "data/latents/segments.parquet").exists()
+    assert (root / "checkpoints/finetune/model.safetensors").exists()
     assert (root / "dvc.lock").exists()
     second = _run([*dvc, "repro"], root, env)
     assert "Running stage" not in second
     assert "didn't change" in second or "up to date" in second
     metrics = _run([*dvc, "metrics", "show", "--json"], root, env)
     assert '"tracks": 8' in metrics
+    plots = json.loads(_run([*dvc, "plots", "show", "--json"], root, env))["data"]
+    assert {"train_loss", "val_loss", "reports/finetune/loss.png"} <= set(plots)
     # a params change the stage depends on makes it stale again; one it ignores does not
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["train"]["optim"]["steps"] = 7
+    params["finetune"]["optim"]["steps"] = 7
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert set(json.loads(_run([*dvc, "status", "--json"], root, env))) == {"finetune"}
+    params["finetune"]["optim"]["steps"] = TINY_TRAINING["finetune"]["optim"]["steps"]
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "up to date" in _run([*dvc, "status"], root, env)
     # a rewriting param reruns captions and what reads it, nothing upstream

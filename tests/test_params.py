@@ -32,8 +32,7 @@ def test_shipped_params_load_with_paper_values(shipped_params):
     assert params.train.timestep.score_clip_percentile == 75.0
     assert params.train.timestep.beta_lambda == 1.0
     assert params.model.repa.clap.weight == 0.2
-    assert params.model.repa.clap.projection_dim == 512
-    assert params.model.repa.muq.projection_dim == 1024
+    assert params.model.repa.clap.projector_dim == 256
     assert params.model.repa.clap.time_weight_exponent == 2.0
     assert params.train.optim.learning_rate == 1e-4
     assert params.train.optim.weight_decay == 1e-6
@@ -57,7 +56,7 @@ def test_shipped_params_load_with_paper_values(shipped_params):
         ),
         ({"model": {"masking": {"mask_ratio": 1.0}}}, "model.masking.mask_ratio", "less than 1"),
         ({"curate": {"medium_threshold": 0.5}}, "curate", "medium_threshold must be <="),
-        ({"model": {"fused_depth": 13}}, "model", "fused_depth must be <= depth"),
+        ({"model": {"fused_depth": 13}}, "model", "fused_depth must be < depth"),
         (
             {"data": {"noise": {"degraded_fraction": 1.5}}},
             "data.noise.degraded_fraction",

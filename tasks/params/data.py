@@ -146,12 +146,16 @@ class QualityParams(Section):
     prefixes: list[str] = Field(min_length=3, max_length=3)
     use_prefix: bool
     inference_level: PositiveInt
-    unconditional_level: PositiveInt
+    # The unconditional branch's quality level (paper 003 eq. (7)): null keeps the requested
+    # level in both branches (text-only guidance; the training dropout keeps each sample's
+    # level, as QA-MDT's training never drops the MOS token); a number fixes it, in training
+    # dropout and at sampling (QA-MDT's code: 3, REFERENCE.md §C.4).
+    unconditional_level: PositiveInt | None
 
     @model_validator(mode="after")
     def _levels_in_range(self) -> Self:
         for key in ("inference_level", "unconditional_level"):
-            if getattr(self, key) > self.levels:
+            if (getattr(self, key) or 0) > self.levels:
                 raise ValueError(f"{key} must be <= levels ({self.levels})")
         if len(self.level_edges_std) != self.levels - 1:
             raise ValueError(f"level_edges_std needs levels - 1 = {self.levels - 1} edges")

@@ -11,10 +11,14 @@ from tasks.params.base import Fraction, Positive, PositiveInt, Section
 
 # --------------------------------------------------------------------------- model
 class RepaBranch(Section):
-    """Paper 000 eq. (4)-(6): weight λ, projection size, timestep weight (1 - t)^α."""
+    """Paper 000 eq. (4)-(6): weight λ (0 = branch off), timestep weight (1 - t)^α.
+
+    `projector_dim` is the hidden width of REPA's three-layer projector (REPA's
+    --projector-dim, 2048); its output size is the cached target's (LAION-CLAP 512, MuQ 1024).
+    """
 
     weight: Annotated[float, Field(ge=0.0)]
-    projection_dim: PositiveInt
+    projector_dim: PositiveInt
     time_weight_exponent: Annotated[float, Field(ge=0.0)]
 
 
@@ -55,21 +59,25 @@ class ModelParams(Section):
 
     @model_validator(mode="after")
     def _shapes_are_consistent(self) -> Self:
-        if self.fused_depth > self.depth:
-            raise ValueError("fused_depth must be <= depth (depth counts all blocks)")
+        if self.fused_depth >= self.depth:
+            raise ValueError("fused_depth must be < depth (depth counts all blocks, >= 1 joint)")
         if self.hidden_dim % self.num_heads:
             raise ValueError("hidden_dim must be divisible by num_heads")
         if (self.hidden_dim // self.num_heads) % 2:
             raise ValueError("hidden_dim / num_heads must be even for RoPE")
-        if self.masking.decode_layers > self.depth:
-            raise ValueError("masking.decode_layers must be <= depth")
+        if self.masking.mask_ratio > 0 and not 0 < self.masking.decode_layers < self.depth:
+            raise ValueError("masking.decode_layers must be in [1, depth) when masking")
         return self
 
 
 # --------------------------------------------------------------------------- training
 class TimestepParams(Section):
-    """Paper 000 §II-C eq. (1)-(2): t ~ Beta(1 + λ(1 - S), 1); λ = 0 is uniform."""
+    """Paper 000 §II-C eq. (1)-(2): t ~ Beta(1 + λ(1 - S), 1) when λ > 0; otherwise `law`,
+    uniform (the paper's base) or the reference's logit-normal (REFERENCE.md §A.5)."""
 
+    law: Literal["uniform", "logit_normal"]
+    logit_normal_mean: float
+    logit_normal_scale: Positive
     beta_lambda: Annotated[float, Field(ge=0.0)]
     score_clip_percentile: Annotated[float, Field(gt=0.0, le=100.0)]
 
@@ -91,10 +99,28 @@ class OptimParams(Section):
     checkpoint_every: PositiveInt
 
 
+class EmaParams(Section):
+    """Exponential moving average of the weights, sampled from when enabled."""
+
+    enabled: bool
+    decay: Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
 class TrainParams(Section):
+    """Shared by `pretrain` and `finetune`; each stage has its own `optim` section."""
+
     optim: OptimParams
     timestep: TimestepParams
     cfg_dropout: Fraction
+    ema: EmaParams
+    # REFERENCE.md §C.3: QA-MDT's hidden rejection sampling, accept with exp(5·mos)/C.
+    quality_resampling: bool
+    log_every: PositiveInt  # steps per logged (averaged) training-metrics row
+    validation_batches: PositiveInt  # fixed val batches (seeded t and noise) per evaluation
+    log_samples: Annotated[int, Field(ge=0)]  # val prompts rendered to audio at each eval
+    # val prompts generated at the end of a stage and CLAP-scored against two baselines
+    sample_check_prompts: Annotated[int, Field(ge=0)]
+    workers: Annotated[int, Field(ge=0)]  # DataLoader workers (0 is fastest on 2 cores)
 
 
 class FinetuneParams(Section):
@@ -104,5 +130,10 @@ class FinetuneParams(Section):
 
 
 class SampleParams(Section):
+    """ODE sampling (REFERENCE.md §A.6) with classifier-free / quality-aware guidance."""
+
+    solver: Literal["euler", "heun"]
     steps: PositiveInt
     cfg_scale: Annotated[float, Field(ge=0.0)]
+    # REFERENCE.md §C.4: QA-MDT keeps the best of n candidates by CLAP score; 1 = off.
+    best_of: PositiveInt
