@@ -201,7 +201,11 @@ def write_reports(result: TrainResult, stage: str, summary: dict) -> Report:
 # --------------------------------------------------------------------------- the stage
 def run(params: Params, stage: str, callbacks: Sequence[ValidationCallback] = ()) -> dict:
     optim = params.train.optim if stage == "pretrain" else params.finetune.optim
-    accelerator = Accelerator(mixed_precision=optim.mixed_precision)
+    # cpu=True where there is no GPU: under torchrun / `accelerate launch` that makes the
+    # processes one gloo group (MULTI_CPU) instead of independent copies of the run.
+    accelerator = Accelerator(
+        mixed_precision=optim.mixed_precision, cpu=not torch.cuda.is_available()
+    )
     torch.manual_seed(params.seed)
     train_set, val_set = datasets(params, stage)
     shapes = cache_shapes(train_set)

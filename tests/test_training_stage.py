@@ -177,3 +177,25 @@ def test_killed_run_resumes_to_the_same_weights(latent_workspace, tmp_path: Path
     curves = [(root / "reports/pretrain/train.csv").read_text() for root in (straight, killed)]
     loss = [[line.split(",")[1] for line in c.splitlines()] for c in curves]
     assert loss[0] == loss[1]  # the same losses, step for step
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_group(latent_workspace, tmp_path: Path) -> None:
+    """The multi-GPU path on CPU: `torchrun` (what `accelerate launch` wraps) starts two
+    processes that form one gloo group, split each global batch, and write once."""
+    root, _ = _workspace(latent_workspace, tmp_path / "ws")
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "OMP_NUM_THREADS": "1",
+    }
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "-m", "tasks.pretrain"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("pretrain: 12 steps") == 1  # the main process reports
+    metrics = json.loads((root / "reports/pretrain/metrics.json").read_text())
+    assert metrics["steps"] == 12 and np.isfinite(metrics["val_flow_matching"])
+    assert (root / "checkpoints/pretrain/model.safetensors").exists()
