@@ -181,6 +181,11 @@ def loss_figure(train_rows: pd.DataFrame, val_rows: pd.DataFrame, path: Path, st
         figure.savefig(tmp, format="png", dpi=120)
 
 
+# Wall-clock figures vary from run to run: they go to MLflow only, so the DVC files of a
+# rerun are byte-identical (a fresh clone's `dvc repro` leaves git clean).
+TIMINGS = ("wall_seconds", "samples_per_second")
+
+
 def write_reports(result: TrainResult, stage: str, summary: dict) -> Report:
     folder = REPORTS / stage
     folder.mkdir(parents=True, exist_ok=True)
@@ -190,10 +195,11 @@ def write_reports(result: TrainResult, stage: str, summary: dict) -> Report:
     }
     for name, table in tables.items():
         with atomic_path(folder / f"{name}.csv") as tmp:
-            table.to_csv(tmp, index=False)
+            table.drop(columns=list(TIMINGS), errors="ignore").to_csv(tmp, index=False)
     loss_figure(tables["train"], tables["val"], folder / "loss.png", stage)
+    reproducible = {key: value for key, value in summary.items() if key not in TIMINGS}
     with atomic_path(folder / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(json_safe(summary), indent=2) + "\n")
+        tmp.write_text(json.dumps(json_safe(reproducible), indent=2) + "\n")
     artifacts = [folder / "metrics.json", folder / "loss.png"]
     return Report(summary=summary, tables=tables, artifacts=artifacts)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,12 +64,24 @@ CURATED_OVERLAY = {
 }
 
 
+@contextlib.contextmanager
+def inside_workspace(root: Path) -> Iterator[None]:
+    """Work in `root` with its own MLflow store (session fixtures cannot use monkeypatch)."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    try:
+        with contextlib.chdir(root):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
 @pytest.fixture(scope="session")
 def curated_workspace(shipped_params: dict, tmp_path_factory) -> tuple[Path, dict]:
     """(directory, raw params) after corpus + curate on random scorers; copy it to use it."""
-    import contextlib
-    import os
-
     from tasks import corpus, curate
     from tests.test_curate import save_random_scorers
 
@@ -80,18 +95,10 @@ def curated_workspace(shipped_params: dict, tmp_path_factory) -> tuple[Path, dic
     }
     raw = merge(shipped_params, {**CURATED_OVERLAY, "backends": backends})
     params = Params.from_mapping(raw)
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
-    try:
-        with contextlib.chdir(root):
-            built = corpus.build_corpus(params.data, params.seed, 4.0, root / "corpus")
-            corpus.write_corpus(built, root / "corpus")
-            curate.run(params)
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI")
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
+    with inside_workspace(root):
+        built = corpus.build_corpus(params.data, params.seed, 4.0, root / "corpus")
+        corpus.write_corpus(built, root / "corpus")
+        curate.run(params)
     return root, raw
 
 
@@ -116,8 +123,6 @@ TINY_TRAINING = {
 def latent_workspace(curated_workspace, tmp_path_factory) -> tuple[Path, dict]:
     """(directory, raw params) after captions + latents on the curated workspace, with the
     tiny training overlay in params.yaml; copy it to use it."""
-    import contextlib
-    import os
     import shutil
 
     import yaml
@@ -130,15 +135,7 @@ def latent_workspace(curated_workspace, tmp_path_factory) -> tuple[Path, dict]:
     raw = merge(raw, TINY_TRAINING)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     params = Params.from_mapping(raw)
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
-    try:
-        with contextlib.chdir(root):
-            captions.run(params)
-            latents.run(params)
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI")
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
+    with inside_workspace(root):
+        captions.run(params)
+        latents.run(params)
     return root, raw

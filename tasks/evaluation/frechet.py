@@ -96,7 +96,7 @@ def fad(generated: object, reference: object) -> float:
     `GaussianStatsAccumulator`). Plain FAD is biased upward at finite N: the sampling noise of
     the estimated mean and covariance adds roughly c/N (Chong & Forsyth 2020; Gui et al. 2024),
     so FADs computed with different N are not comparable and a report must print N (and M)
-    next to every FAD. `fad_infinity` removes the generated-side term.
+    next to every FAD. `fad_infinity_fit` removes the generated-side term.
     """
     mu_gen, sigma_gen = gaussian_stats(generated)
     mu_ref, sigma_ref = _reference_stats(reference)
@@ -213,19 +213,3 @@ def fad_infinity_fit(
         values[i] = frechet_distance(*gaussian_stats(subset), mu_ref, sigma_ref)
     slope, intercept, r2 = _fit_inverse_n(sizes.astype(np.float64), values)
     return FadInfinityFit(sizes=sizes, values=values, slope=slope, intercept=intercept, r2=r2)
-
-
-def fad_infinity(
-    generated: object,
-    reference: object,
-    *,
-    num_points: int = 15,
-    min_size: int | None = None,
-    seed: int = 0,
-    replace: bool = False,
-) -> float:
-    """FAD-infinity: the intercept of `fad_infinity_fit` (same arguments)."""
-    fit = fad_infinity_fit(
-        generated, reference, num_points=num_points, min_size=min_size, seed=seed, replace=replace
-    )
-    return fit.intercept
