@@ -8,17 +8,10 @@ resumes from its last checkpoint. The work is in tasks/training_stage.py and tas
 from __future__ import annotations
 
 from tasks import training_stage
-from tasks.params import load_stage_params
 
 
 def main() -> None:
-    summary = training_stage.run(load_stage_params(), "finetune")
-    if summary:
-        print(
-            f"finetune: {summary['steps']} steps in {summary['wall_seconds']:.0f} s, val flow "
-            f"matching {summary['first_val_flow_matching']:.4f} -> "
-            f"{summary['val_flow_matching']:.4f}"
-        )
+    training_stage.main("finetune")
 
 
 if __name__ == "__main__":

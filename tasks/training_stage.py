@@ -42,7 +42,7 @@ from tasks.model_factory import (
     objective_config,
     with_latent_stats,
 )
-from tasks.params import Params
+from tasks.params import Params, load_stage_params
 from tasks.reporting import Report, json_safe, log_report
 from tasks.tracking import stage_run
 from tasks.trainer import RunSpec, TrainResult, ValidationCallback, train
@@ -103,6 +103,33 @@ def initial_weights(model: FlowMatchingModel, stage: str, config) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- samples
+def audio_frames(val_set: LatentDataset) -> int:
+    return val_set[0]["latent"].shape[0]
+
+
+def generate_for_val(
+    backbone, val_set: LatentDataset, count: int, params: Params, codec, generator
+) -> tuple[np.ndarray, list[str]]:
+    """Audio for the first `count` val rows from their cached captions (quality-aware
+    guidance when the model has a quality token), with the captions as prompts."""
+    rows = list(range(count))
+    with_quality = backbone.quality_embedding is not None
+    condition, null, text_ids = cached_conditions(val_set, rows, params.quality, with_quality)
+    prompts = val_set.text_table_captions(text_ids)
+    audio, _ = generate_audio(
+        backbone,
+        condition,
+        null,
+        prompts,
+        audio_frames(val_set),
+        params.sample,
+        codec,
+        None,
+        generator,
+    )
+    return audio, prompts
+
+
 def sample_check(
     model: FlowMatchingModel, val_set: LatentDataset, params: Params, codec, clap
 ) -> dict[str, float]:
@@ -112,20 +139,14 @@ def sample_check(
     count = min(params.train.sample_check_prompts, len(val_set))
     if count == 0:
         return {}
-    rows = list(range(count))
-    backbone = model.backbone.eval()
-    with_quality = backbone.quality_embedding is not None
-    condition, null, text_ids = cached_conditions(val_set, rows, params.quality, with_quality)
-    prompts = val_set.text_table_captions(text_ids)
-    frames = val_set[0]["latent"].shape[0]
+    backbone = model.backbone
     generator = torch.Generator().manual_seed(params.seed)
-    audio, _ = generate_audio(
-        backbone, condition, null, prompts, frames, params.sample, codec, None, generator
-    )
+    audio, prompts = generate_for_val(backbone, val_set, count, params, codec, generator)
+    frames = audio_frames(val_set)
     random_latents = backbone.denormalise(
         torch.randn((count, frames, backbone.config.latent_dim), generator=generator)
     )
-    reference = torch.stack([val_set[row]["latent"] for row in rows])
+    reference = torch.stack([val_set[row]["latent"] for row in range(count)])
     rate = codec.sample_rate
     return {
         "clap_score_generated": float(clap_scores(clap, audio, rate, prompts).mean()),
@@ -146,16 +167,8 @@ def audio_logger(val_set: LatentDataset, params: Params, codec, stage: str):
     def log_samples(step: int, model: FlowMatchingModel) -> None:
         if count == 0:
             return
-        backbone = model.backbone
-        rows = list(range(count))
-        with_quality = backbone.quality_embedding is not None
-        condition, null, ids = cached_conditions(val_set, rows, params.quality, with_quality)
-        prompts = val_set.text_table_captions(ids)
         generator = torch.Generator().manual_seed(params.seed)
-        frames = val_set[0]["latent"].shape[0]
-        audio, _ = generate_audio(
-            backbone, condition, null, prompts, frames, params.sample, codec, None, generator
-        )
+        audio, prompts = generate_for_val(model.backbone, val_set, count, params, codec, generator)
         folder = REPORTS / stage / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         for row, (clip, prompt) in enumerate(zip(audio, prompts, strict=True)):
@@ -205,6 +218,17 @@ def write_reports(result: TrainResult, stage: str, summary: dict) -> Report:
 
 
 # --------------------------------------------------------------------------- the stage
+def main(stage: str) -> None:
+    """The `pretrain` / `finetune` entry point (tasks/pretrain.py, tasks/finetune.py)."""
+    summary = run(load_stage_params(), stage)
+    if summary:  # the main process
+        print(
+            f"{stage}: {summary['steps']} steps in {summary['wall_seconds']:.0f} s, val flow "
+            f"matching {summary['first_val_flow_matching']:.4f} -> "
+            f"{summary['val_flow_matching']:.4f}"
+        )
+
+
 def run(params: Params, stage: str, callbacks: Sequence[ValidationCallback] = ()) -> dict:
     optim = params.train.optim if stage == "pretrain" else params.finetune.optim
     # cpu=True where there is no GPU: under torchrun / `accelerate launch` that makes the
