@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # dvc runs stage commands through the shell: put the venv first on PATH so `python` is ours.
 RUN := PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1
 
-.PHONY: setup run test test-fast lint bench clean
+.PHONY: setup run test test-fast lint bench listening-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench: setup
 	$(RUN) $(BIN)/python -m benchmarks.codec_throughput
 	$(RUN) $(BIN)/python -m benchmarks.dataloader_throughput
 	$(RUN) $(BIN)/python -m benchmarks.training_throughput
+
+## listening-check: open reports/listening/index.html in headless Chromium, save a screenshot
+listening-check: setup
+	$(RUN) $(BIN)/python -m tasks.listening_page reports/listening/index.html \
+		--screenshot reports/listening_page.png
 
 clean:
 	rm -rf $(VENV)

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.fluxaudio import FluxAudioConfig
+from models.fluxaudio import FluxAudio, FluxAudioConfig
 from tasks.atomic import atomic_path
 
 LATEST = "latest"
@@ -116,3 +116,25 @@ def read_final_meta(root: Path) -> dict[str, Any]:
 
 def final_config(root: Path) -> FluxAudioConfig:
     return FluxAudioConfig(**read_final_meta(root)["config"])
+
+
+BACKBONE_PREFIX = "backbone."  # FlowMatchingModel's attribute: the REPA heads are training-only
+
+
+def load_backbone(root: Path) -> FluxAudio:
+    """The trained backbone of a stage output (weights + latent stats), for sampling.
+
+    Any stage's `model.safetensors` works: the REPA heads are dropped, the backbone's keys
+    must match its `model.json` config exactly (strict load).
+    """
+    backbone = FluxAudio(final_config(root))
+    path = root / MODEL_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no trained weights here (run its training stage)")
+    state = {
+        key.removeprefix(BACKBONE_PREFIX): value
+        for key, value in load_file(path).items()
+        if key.startswith(BACKBONE_PREFIX)
+    }
+    backbone.load_state_dict(state, strict=True)
+    return backbone.eval()

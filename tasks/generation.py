@@ -4,6 +4,7 @@ CLAP scoring and QA-MDT's best-of-n reranking (REFERENCE.md §C.4, off by defaul
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -11,9 +12,11 @@ import torch.nn.functional as F
 
 from models.fluxaudio import FluxAudio
 from models.sampling import Condition, ConditionalVelocity, guided, solve
-from tasks.backends.base import ClapBackend, CodecBackend
+from tasks.backends.base import ClapBackend, CodecBackend, TextEncoderBackend
 from tasks.dataset import LatentDataset
+from tasks.latents import encoder_input
 from tasks.params import QualityParams, SampleParams
+from tasks.quality_levels import level_centre, quality_prefix
 
 
 def velocity_of(backbone: FluxAudio) -> ConditionalVelocity:
@@ -24,15 +27,70 @@ def velocity_of(backbone: FluxAudio) -> ConditionalVelocity:
     return velocity
 
 
-def quality_levels(quality: QualityParams, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paper 003 eq. (7): the requested level for the conditional branch; the unconditional
-    branch uses `quality.unconditional_level` when set, else the same level."""
-    conditional = quality.inference_level
+def quality_levels(
+    quality: QualityParams, batch: int, level: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paper 003 eq. (7): the requested level (default `quality.inference_level`) for the
+    conditional branch; the unconditional branch uses `quality.unconditional_level` when set,
+    else the same level."""
+    conditional = quality.inference_level if level is None else level
     unconditional = quality.unconditional_level or conditional
     return (
         torch.full((batch,), conditional, dtype=torch.int64),
         torch.full((batch,), unconditional, dtype=torch.int64),
     )
+
+
+def level_prefix(quality: QualityParams, level: int) -> str:
+    """The text prefix a requested quality level implies: that of the level's bin centre
+    (paper 003 §4.1). Both bins are in std units around one mean, so the mapping does not
+    depend on the p-MOS moments: level 5 -> "high quality", as at paper 003's inference."""
+    centre = level_centre(level, 0.0, 1.0, quality.level_edges_std)
+    prefix = quality_prefix(
+        np.array([centre]), 0.0, 1.0, quality.prefix_edges_std, quality.prefixes
+    )
+    return str(prefix[0])
+
+
+@dataclass(frozen=True)
+class PromptEncoders:
+    """What turns a free-text prompt into the backbone's condition (as the latents stage)."""
+
+    text: TextEncoderBackend
+    clap: ClapBackend
+    text_dtype: torch.dtype  # the cache's storage dtype: training saw the text through it
+
+
+def encode_texts(encoders: PromptEncoders, texts: Sequence[str], captions: Sequence[str]):
+    sequence, _ = encoders.text.encode(list(texts))
+    stored = torch.from_numpy(sequence).to(encoders.text_dtype).float()
+    clap_text = torch.from_numpy(np.asarray(encoders.clap.embed_text(list(captions)), np.float32))
+    return {"text": stored, "clap_text": clap_text}
+
+
+def prompt_conditions(
+    prompts: Sequence[str],
+    encoders: PromptEncoders,
+    quality: QualityParams,
+    with_quality_token: bool,
+    level: int | None = None,
+) -> tuple[Condition, Condition]:
+    """(condition, null condition) for free-text prompts at a requested quality level.
+
+    As the latents stage built the training text: the encoder reads "{prefix}, {prompt}" when
+    `quality.use_prefix`, the CLAP text embedding is the prompt's alone; the null branch is
+    the empty text of classifier-free guidance.
+    """
+    level = quality.inference_level if level is None else level
+    prefix = level_prefix(quality, level) if quality.use_prefix else None
+    texts = [encoder_input(prompt, prefix, quality.use_prefix) for prompt in prompts]
+    condition = encode_texts(encoders, texts, prompts)
+    null_condition = encode_texts(encoders, [""] * len(prompts), [""] * len(prompts))
+    if with_quality_token:
+        condition["quality_level"], null_condition["quality_level"] = quality_levels(
+            quality, len(prompts), level
+        )
+    return condition, null_condition
 
 
 def cached_conditions(

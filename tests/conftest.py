@@ -116,6 +116,8 @@ TINY_TRAINING = {
     },
     "sample": {"steps": 4},
     "latents": {"segments_per_shard": 16, "batch_size": 4},
+    "evaluate": {"generations_per_prompt": 1, "quality_levels": [1, 5],
+                 "bootstrap_resamples": 100, "batch_size": 4},
 }  # fmt: skip
 
 
@@ -138,4 +140,22 @@ def latent_workspace(curated_workspace, tmp_path_factory) -> tuple[Path, dict]:
     with inside_workspace(root):
         captions.run(params)
         latents.run(params)
+    return root, raw
+
+
+@pytest.fixture(scope="session")
+def trained_workspace(latent_workspace, tmp_path_factory) -> tuple[Path, dict]:
+    """(directory, raw params) after tiny pretrain + finetune on the latent workspace; copy it
+    to use it."""
+    import shutil
+
+    from tasks import training_stage
+
+    source, raw = latent_workspace
+    root = tmp_path_factory.mktemp("trained")
+    shutil.copytree(source, root, dirs_exist_ok=True)
+    params = Params.from_mapping(raw)
+    with inside_workspace(root):
+        training_stage.run(params, "pretrain")
+        training_stage.run(params, "finetune")
     return root, raw

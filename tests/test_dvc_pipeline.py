@@ -67,7 +67,9 @@ def test_repro_runs_the_dag_then_is_a_no_op(scratch_repo):
     root, env = scratch_repo
     dvc = [sys.executable, "-m", "dvc"]
     first = _run([*dvc, "repro"], root, env)
-    for stage in ("corpus", "scorers", "curate", "captions", "latents", "pretrain", "finetune"):
+    stages = ("corpus", "scorers", "curate", "captions", "latents", "pretrain", "finetune",
+              "evaluate")  # fmt: skip
+    for stage in stages:
         assert f"Running stage '{stage}'" in first
     assert (root / "data/corpus/tracks.parquet").exists()
     assert (root / "data/curated/segments.parquet").exists()
@@ -75,14 +77,17 @@ def test_repro_runs_the_dag_then_is_a_no_op(scratch_repo):
     assert (root / "data/captions/captions.parquet").exists()
     assert (root / "data/latents/segments.parquet").exists()
     assert (root / "checkpoints/finetune/model.safetensors").exists()
+    assert (root / "reports/listening/index.html").exists()
     assert (root / "dvc.lock").exists()
     second = _run([*dvc, "repro"], root, env)
     assert "Running stage" not in second
     assert "didn't change" in second or "up to date" in second
     metrics = _run([*dvc, "metrics", "show", "--json"], root, env)
     assert '"tracks": 8' in metrics
+    assert '"generated_clips": 2' in metrics  # reports/metrics.json of evaluate
     plots = json.loads(_run([*dvc, "plots", "show", "--json"], root, env))["data"]
     assert {"train_loss", "val_loss", "reports/finetune/loss.png"} <= set(plots)
+    assert {"beta_densities", "quality_curve", "reports/evaluate/clap_scores.png"} <= set(plots)
     # a params change the stage depends on makes it stale again; one it ignores does not
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["finetune"]["optim"]["steps"] = 7

@@ -403,3 +403,17 @@ def test_set_precision_recall_is_micro_averaged() -> None:
     assert result.f1 == pytest.approx(2 * 1 / (5 + 2))
     assert (result.true_positives, result.predicted, result.relevant) == (1, 5, 2)
     assert math.isnan(set_precision_recall([set()], [{"a"}]).precision)
+
+
+def test_frechet_to_reference_matches_fad_and_is_reused() -> None:
+    from tasks.evaluation.frechet import FrechetToReference
+
+    rng = np.random.default_rng(3)
+    reference = rng.normal(size=(80, 24)) @ rng.normal(size=(24, 24))
+    distance = FrechetToReference(reference)
+    for shift in (0.0, 0.5, 2.0):
+        generated = rng.normal(size=(40, 24)) @ rng.normal(size=(24, 24)) + shift
+        assert distance(generated) == pytest.approx(fad(generated, reference), rel=1e-6)
+    assert distance(reference) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="dimension"):
+        distance(rng.normal(size=(10, 5)))

@@ -103,6 +103,31 @@ def fad(generated: object, reference: object) -> float:
     return frechet_distance(mu_gen, sigma_gen, mu_ref, sigma_ref)
 
 
+class FrechetToReference:
+    """FAD of many generated sets against one fixed reference (bootstrap, FAD-infinity).
+
+    Tr((S_g S_r)^(1/2)) = sum_i sqrt(lambda_i(A S_g A)) with A = S_r^(1/2): S_g S_r and
+    A S_g A are similar, and the latter is symmetric PSD, so one symmetric eigensolve replaces
+    the Schur sqrtm of `frechet_distance` (same value to round-off, about 10x faster at
+    D = 128), and A is computed once. Eigenvalues below 0 (round-off) count as 0.
+    """
+
+    def __init__(self, reference: object) -> None:
+        self.mean, self.cov = _reference_stats(reference)
+        eigenvalues, vectors = np.linalg.eigh(self.cov)
+        self.root = (vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ vectors.T
+        self.trace = float(np.trace(self.cov))
+
+    def __call__(self, generated: object) -> float:
+        mean, cov = gaussian_stats(generated)
+        if mean.shape != self.mean.shape:
+            raise ValueError(f"dimension {mean.size} differs from the reference's {self.mean.size}")
+        product = np.linalg.eigvalsh(self.root @ cov @ self.root)
+        diff = mean - self.mean
+        tr_covmean = float(np.sum(np.sqrt(np.clip(product, 0.0, None))))
+        return float(diff @ diff + np.trace(cov) + self.trace - 2.0 * tr_covmean)
+
+
 class GaussianStatsAccumulator:
     """Streaming mean and covariance of embedding batches (torchmetrics-style update/compute).
 
@@ -204,12 +229,12 @@ def fad_infinity_fit(
     reference set and report M.
     """
     gen = as_matrix(generated, "generated", min_rows=3)
-    mu_ref, sigma_ref = _reference_stats(reference)
+    distance = FrechetToReference(reference)
     sizes = _subset_sizes(gen.shape[0], num_points, min_size)
     rng = np.random.default_rng(seed)
     values = np.empty(sizes.size)
     for i, size in enumerate(sizes):
         subset = gen[rng.choice(gen.shape[0], size=int(size), replace=replace)]
-        values[i] = frechet_distance(*gaussian_stats(subset), mu_ref, sigma_ref)
+        values[i] = distance(subset)
     slope, intercept, r2 = _fit_inverse_n(sizes.astype(np.float64), values)
     return FadInfinityFit(sizes=sizes, values=values, slope=slope, intercept=intercept, r2=r2)

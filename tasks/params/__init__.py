@@ -37,6 +37,7 @@ from tasks.params.data import (
     ScorerParams,
     TrackingParams,
 )
+from tasks.params.evaluation import EvaluateParams
 from tasks.params.training import (
     FinetuneParams,
     MaskingParams,
@@ -61,6 +62,7 @@ __all__ = [
     "CurateParams",
     "DataParams",
     "DegradationParams",
+    "EvaluateParams",
     "FinetuneParams",
     "Fraction",
     "IngestParams",
@@ -107,6 +109,7 @@ class Params(Section):
     train: TrainParams
     finetune: FinetuneParams
     sample: SampleParams
+    evaluate: EvaluateParams
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], source: str = "params.yaml") -> Params:
