@@ -40,12 +40,15 @@ def scratch_repo(tmp_path: Path, shipped_params: dict) -> tuple[Path, dict]:
             **TINY_DATA,
             "num_tracks": 8,
             "eval_prompt_count": 2,
+            "min_track_seconds": 20.5,  # two 10-s reference windows per test track (evaluate)
+            "max_track_seconds": 22.0,
             "workers": 2,
         },
         "scorers": {**shipped_params["scorers"], **TINY_SCORERS},
         "curate": {**shipped_params["curate"], "segment_seconds": 4.0},
     }
     raw = merge(raw, TINY_TRAINING)
+    raw = merge(raw, {"evaluate": {"fad_infinity": False}})  # FAD-inf needs >= 3 clips; 2 here
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     env = {
         **os.environ,
