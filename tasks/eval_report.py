@@ -53,6 +53,7 @@ class EvaluationResult:
     curve: dict[int, dict[str, BootstrapCI]]
     tags: TagVocabulary
     sample_rate: int
+    paired_rows: np.ndarray  # [P] each prompt's reference window, -1 where it has none
 
 
 # --------------------------------------------------------------------------- tables
@@ -233,7 +234,6 @@ def listening_entries(result: EvaluationResult, clips: pd.DataFrame) -> list[Pro
     generated = result.audio["generated"]
     by_set = {name: clips[clips["set"] == name].reset_index(drop=True) for name in result.sets}
     reference_rows = {p: row for row, p in enumerate(result.sets["reference"].prompt_index)}
-    paired = [result.reference.first_clip(rid) for rid in table["reference_id"]]
     entries = []
     for p, row in enumerate(table.itertuples()):
         gens = []
@@ -243,9 +243,9 @@ def listening_entries(result: EvaluationResult, clips: pd.DataFrame) -> list[Pro
             gens.append(Clip(src, f"seed {generated.seed_index[clip]}",
                              clip_metrics(by_set["generated"], clip)))  # fmt: skip
         reference = None
-        if p in reference_rows and paired[p] is not None:
-            src = write_clip(LISTENING, f"{row.prompt_id}_reference.wav",
-                             result.reference.clips[paired[p]], result.sample_rate)  # fmt: skip
+        if p in reference_rows:
+            clip = result.reference.clips[result.paired_rows[p]]
+            src = write_clip(LISTENING, f"{row.prompt_id}_reference.wav", clip, result.sample_rate)
             reference = Clip(src, "reference", clip_metrics(by_set["reference"], reference_rows[p]))
         attributes = {
             key: (", ".join(value) if isinstance(value, list | np.ndarray) else str(value))

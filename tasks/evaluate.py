@@ -117,9 +117,7 @@ def with_hits(name: str, scores: ClipScores, prompt_index: np.ndarray, context: 
     return ScoredSet(name, scores, prompt_index, hits)
 
 
-def curve_sets(
-    backbone, generated: GeneratedSet, params: Params, generate
-) -> dict[int, GeneratedSet]:
+def curve_sets(generated: GeneratedSet, params: Params, generate) -> dict[int, GeneratedSet]:
     """Paper 003 Fig. 3: one clip per prompt at each level, with the noise of seed 0; the
     level the main set was generated at is its seed-0 clips, not a second run."""
     sets = {}
@@ -170,7 +168,7 @@ def run(params: Params) -> EvaluationResult:
         "generated": generated,
         "random_latents": random_latent_set(backbone, len(prompts), codec, params.seed),
     }
-    curve_audio = curve_sets(backbone, generated, params, generate) if has_quality else {}
+    curve_audio = curve_sets(generated, params, generate) if has_quality else {}
 
     reference_scores = score_clips(context.reference.clips, codec.sample_rate, scorers, True)
     paired = context.paired_rows()
@@ -199,6 +197,7 @@ def run(params: Params) -> EvaluationResult:
         metrics=metrics,
         curve=curve,
         tags=scorers.tags,
+        paired_rows=paired,
         sample_rate=codec.sample_rate,
     )
 
