@@ -1,8 +1,16 @@
-"""MLflow for every stage: one run per stage execution, params flattened, metrics, artifacts."""
+"""MLflow for every stage: one run per stage execution, params flattened, metrics, artifacts.
+
+Orchestration links a stage's run to its own through two environment variables, so the
+stage code stays the same under `dvc repro`, a Prefect task or a sweep trial:
+`TTM_MLFLOW_PARENT_RUN_ID` nests the stage run under a trial's run (MLflow's parent tag;
+`nested=True` does not cross processes), and `TTM_MLFLOW_TAGS` (a JSON object) adds tags,
+e.g. the Prefect flow run that started the stage, by which the flow finds the run again.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -11,10 +19,26 @@ import mlflow
 
 from tasks.params import TrackingParams, flatten
 
+PARENT_RUN_ENV = "TTM_MLFLOW_PARENT_RUN_ID"
+RUN_TAGS_ENV = "TTM_MLFLOW_TAGS"
+
 
 def tracking_uri(tracking: TrackingParams) -> str:
     """MLFLOW_TRACKING_URI in the environment wins, as in mlflow itself (sweeps set it)."""
     return os.environ.get("MLFLOW_TRACKING_URI", tracking.mlflow_tracking_uri)
+
+
+def tags_from_environment() -> dict[str, str]:
+    raw = os.environ.get(RUN_TAGS_ENV, "")
+    if not raw:
+        return {}
+    try:
+        tags = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"${RUN_TAGS_ENV} is not JSON: {error}") from None
+    if not isinstance(tags, dict):
+        raise ValueError(f"${RUN_TAGS_ENV} must be a JSON object of tags")
+    return {str(key): str(value) for key, value in tags.items()}
 
 
 @contextlib.contextmanager
@@ -24,6 +48,8 @@ def stage_run(
     """Start a run named after the stage, tagged with it, with `params` logged flat."""
     mlflow.set_tracking_uri(tracking_uri(tracking))
     mlflow.set_experiment(tracking.experiment)
-    with mlflow.start_run(run_name=stage, tags={"stage": stage}) as run:
+    tags = {**tags_from_environment(), "stage": stage}
+    parent = os.environ.get(PARENT_RUN_ENV) or None
+    with mlflow.start_run(run_name=stage, tags=tags, parent_run_id=parent) as run:
         mlflow.log_params({key: str(value) for key, value in flatten(params)})
         yield run

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure  # the OO API: Agg canvas, no pyplot global
 
 from models.fluxaudio import trainable_parameters
 from models.objective import FlowMatchingModel
-from tasks import checkpoints
+from tasks import checkpoints, sweep
 from tasks.atomic import atomic_path
 from tasks.backends.clap import load_clap
 from tasks.backends.codec import load_codec
@@ -51,6 +51,12 @@ CHECKPOINTS = Path("checkpoints")
 REPORTS = Path("reports")
 
 
+def training_seed(params: Params) -> int:
+    """`train.seed` reseeds training alone (the ablation table's seeds); null: `seed`. Sample
+    checks keep `seed`, so every training seed is judged on the same generation noise."""
+    return params.seed if params.train.seed is None else params.train.seed
+
+
 def datasets(params: Params, stage: str) -> tuple[LatentDataset, LatentDataset]:
     root = Path(params.latents.root)
     common = dict(
@@ -58,7 +64,7 @@ def datasets(params: Params, stage: str) -> tuple[LatentDataset, LatentDataset]:
         stage=stage,
         pretrain_columns=params.captions.pretrain_columns,
         finetune_column=FINETUNE_COLUMN,
-        seed=params.seed,
+        seed=training_seed(params),
         unconditional_level=params.quality.unconditional_level,
     )
     train_set = LatentDataset(split="train", cfg_dropout=params.train.cfg_dropout, **common)
@@ -219,8 +225,16 @@ def write_reports(result: TrainResult, stage: str, summary: dict) -> Report:
 
 # --------------------------------------------------------------------------- the stage
 def main(stage: str) -> None:
-    """The `pretrain` / `finetune` entry point (tasks/pretrain.py, tasks/finetune.py)."""
-    summary = run(load_stage_params(), stage)
+    """The `pretrain` / `finetune` entry point (tasks/pretrain.py, tasks/finetune.py).
+
+    Inside a sweep trial (TTM_OPTUNA_* set) the validation losses go to the trial, finetune's
+    steps after pretrain's, and a pruned trial ends the stage (and the experiment) here."""
+    params = load_stage_params()
+    offset = 0 if stage == "pretrain" else params.train.optim.steps
+    try:
+        summary = run(params, stage, callbacks=sweep.pruning_callbacks(offset))
+    except sweep.TrialPruned as pruned:
+        raise SystemExit(f"{stage}: trial {pruned}") from None
     if summary:  # the main process
         print(
             f"{stage}: {summary['steps']} steps in {summary['wall_seconds']:.0f} s, val flow "
@@ -236,7 +250,7 @@ def run(params: Params, stage: str, callbacks: Sequence[ValidationCallback] = ()
     accelerator = Accelerator(
         mixed_precision=optim.mixed_precision, cpu=not torch.cuda.is_available()
     )
-    torch.manual_seed(params.seed)
+    torch.manual_seed(training_seed(params))
     train_set, val_set = datasets(params, stage)
     shapes = cache_shapes(train_set)
     config = backbone_config(params.model, params.quality, shapes)
@@ -252,7 +266,7 @@ def run(params: Params, stage: str, callbacks: Sequence[ValidationCallback] = ()
         optim=optim,
         train=params.train,
         objective=objective_config(params.model, params.train.timestep),
-        seed=params.seed,
+        seed=training_seed(params),
         fingerprint=fingerprint(params, stage, inputs),
     )
     main = accelerator.is_main_process

@@ -3,67 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tasks.params import merge
-from tests.conftest import REPO, TINY_DATA, TINY_SCORERS, TINY_TRAINING
+from tests import scratch_repo as scratch_repo_
+from tests.conftest import TINY_TRAINING
+from tests.scratch_repo import run as _run
 
 pytestmark = pytest.mark.slow
 
 
-def _run(command: list[str], cwd: Path, env: dict) -> str:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
 @pytest.fixture
 def scratch_repo(tmp_path: Path, shipped_params: dict) -> tuple[Path, dict]:
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(REPO / name, tmp_path / name)
-    for package in ("tasks", "models"):
-        shutil.copytree(
-            REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    raw = {
-        **shipped_params,
-        "data": {
-            **shipped_params["data"],
-            **TINY_DATA,
-            "num_tracks": 8,
-            "eval_prompt_count": 2,
-            "min_track_seconds": 20.5,  # two 10-s reference windows per test track (evaluate)
-            "max_track_seconds": 22.0,
-            "workers": 2,
-        },
-        "scorers": {**shipped_params["scorers"], **TINY_SCORERS},
-        "curate": {**shipped_params["curate"], "segment_seconds": 4.0},
-    }
-    raw = merge(raw, TINY_TRAINING)
-    raw = merge(raw, {"evaluate": {"fad_infinity": False}})  # FAD-inf needs >= 3 clips; 2 here
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {
-        **os.environ,
-        # dvc runs `python -m tasks.corpus` through the shell: the interpreter of this venv
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "ci",
-        "GIT_AUTHOR_EMAIL": "ci@localhost",
-        "GIT_COMMITTER_NAME": "ci",
-        "GIT_COMMITTER_EMAIL": "ci@localhost",
-    }
-    _run(["git", "init", "-q"], tmp_path, env)
-    _run([sys.executable, "-m", "dvc", "init", "-q"], tmp_path, env)
-    return tmp_path, env
+    return tmp_path, scratch_repo_.create(tmp_path, scratch_repo_.tiny_params(shipped_params))
 
 
 def test_repro_runs_the_dag_then_is_a_no_op(scratch_repo):

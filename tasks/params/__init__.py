@@ -15,9 +15,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
+from ruamel.yaml import YAML, YAMLError
 
+from tasks.params.ablation import AblationParams, MetricSpec, PrunerParams, SearchRange
 from tasks.params.base import Fraction, ParamsError, Positive, PositiveInt, Section
 from tasks.params.data import (
     BackendChoice,
@@ -54,6 +55,7 @@ PARAMS_FILE = Path("params.yaml")
 
 __all__ = [
     "PARAMS_FILE",
+    "AblationParams",
     "BackendChoice",
     "BackendParams",
     "CaptionParams",
@@ -69,6 +71,7 @@ __all__ = [
     "LatentParams",
     "MaskingParams",
     "Mel25Params",
+    "MetricSpec",
     "ModelParams",
     "NoiseParams",
     "OptimParams",
@@ -76,12 +79,14 @@ __all__ = [
     "ParamsError",
     "Positive",
     "PositiveInt",
+    "PrunerParams",
     "QualityParams",
     "RepaBranch",
     "RepaParams",
     "SampleParams",
     "ScorerOptim",
     "ScorerParams",
+    "SearchRange",
     "Section",
     "TimestepParams",
     "TrackingParams",
@@ -91,6 +96,7 @@ __all__ = [
     "load_stage_params",
     "merge",
     "read_yaml",
+    "resolve_key",
 ]
 
 
@@ -110,6 +116,22 @@ class Params(Section):
     finetune: FinetuneParams
     sample: SampleParams
     evaluate: EvaluateParams
+    ablation: AblationParams
+
+    @model_validator(mode="after")
+    def _ablation_keys_exist(self) -> Params:
+        """Every key the sweep or the table overrides names a value of another section."""
+        tree = self.model_dump(exclude={"ablation"})
+        ablation = self.ablation
+        named = {f"ablation.base.{key}": key for key in ablation.base}
+        for name, overrides in ablation.configurations.items():
+            named |= {f"ablation.configurations.{name}.{key}": key for key in overrides}
+        for where, key in named.items():
+            resolve_key(tree, key, where)
+        for key in ablation.search_space:
+            if not isinstance(resolve_key(tree, key, f"ablation.search_space.{key}"), float):
+                raise ValueError(f"ablation.search_space.{key}: {key} is not a float parameter")
+        return self
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], source: str = "params.yaml") -> Params:
@@ -134,11 +156,13 @@ def _describe(error: ValidationError, source: str) -> str:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    """YAML 1.2, as DVC reads and writes params.yaml: `dvc exp run -S` rewrites the file
+    with ruamel, where `no` is a string; a YAML 1.1 reader (PyYAML) would take it for False."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = YAML(typ="safe", pure=True).load(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
-    except yaml.YAMLError as error:
+    except YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping of sections")
@@ -173,6 +197,16 @@ def load_stage_params(path: Path = PARAMS_FILE) -> Params:
         return load_params(path)
     except ParamsError as error:
         raise SystemExit(f"error: {error}") from None
+
+
+def resolve_key(tree: Mapping[str, Any], key: str, where: str = "") -> Any:
+    """The value at dotted `key`; a missing key raises ValueError naming `where`."""
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ValueError(f"{where or key}: {key} is not a key of params.yaml")
+        node = node[part]
+    return node
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -107,8 +107,13 @@ class EmaParams(Section):
 
 
 class TrainParams(Section):
-    """Shared by `pretrain` and `finetune`; each stage has its own `optim` section."""
+    """Shared by `pretrain` and `finetune`; each stage has its own `optim` section.
 
+    `seed` null trains with the top-level seed; a value reseeds training alone (weights,
+    data order, timesteps, noise, masks) over the same data: the ablation table's seeds.
+    """
+
+    seed: Annotated[int, Field(ge=0)] | None
     optim: OptimParams
     timestep: TimestepParams
     cfg_dropout: Fraction

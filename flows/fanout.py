@@ -1,0 +1,151 @@
+"""What the sweep and table flows share: the MLflow parent run, the trials fanned out to the
+work pool (or run in-process), the reconciliation of crashed trials, and the final report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.runtime import flow_run
+
+from flows.settings import tracking
+from flows.trial import ablation_trial
+from tasks import ablation_report, dvc_runs, mlflow_runs, sweep
+
+POLL_SECONDS = 2.0
+
+
+def budget_overrides(
+    pretrain_steps: int | None,
+    finetune_steps: int | None,
+    training_seed: int | None,
+    overrides: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The per-trial budget and seed as params overrides, on top of `overrides`."""
+    fixed = dict(overrides or {})
+    if pretrain_steps is not None:
+        fixed["train.optim.steps"] = pretrain_steps
+    if finetune_steps is not None:
+        fixed["finetune.optim.steps"] = finetune_steps
+    if training_seed is not None:
+        fixed["train.seed"] = training_seed
+    return fixed
+
+
+@task
+def require_reproduced(repo: Path) -> None:
+    """Trials start from dvc.lock: the DAG must be reproduced first, or every trial would
+    recompute what is stale (most stages write uncached reports, so the run-cache can't help)."""
+    stale = dvc_runs.stale_stages(repo)
+    if stale:
+        raise RuntimeError(
+            f"stages {stale} are not up to date with dvc.lock: run `dvc repro` (or the "
+            "pipeline flow) first, so that trials start from a reproduced DAG"
+        )
+
+
+@task
+def open_parent_run(repo: Path, study_name: str, kind: str, params: dict[str, Any]) -> str:
+    uri, experiment = tracking(repo)
+    client = mlflow_runs.client_for(uri)
+    tags = {"kind": kind, "study": study_name, "prefect.flow_run_id": str(flow_run.get_id())}
+    return mlflow_runs.start_run(client, experiment, f"{kind}-{study_name}", tags, params)
+
+
+def _run_in_process(count: int, study_name: str, storage: str, root: str) -> dict[str, str]:
+    ended = {}
+    for _ in range(count):
+        state = ablation_trial(study_name, storage, root, return_state=True)
+        ended[str(state.state_details.flow_run_id or "")] = state.name
+    return ended
+
+
+def _run_on_pool(
+    count: int, deployment: str, study_name: str, storage: str, root: str
+) -> dict[str, str]:
+    """Create `count` trial flow runs at once; workers start them as they free up (each
+    claims its trial then), so adding workers adds throughput. Waits for all to end."""
+    logger = get_run_logger()
+    parent = str(flow_run.get_id())
+    runs = [
+        run_deployment(
+            deployment,
+            parameters={"study_name": study_name, "storage": storage, "root": root},
+            timeout=0,
+            idempotency_key=f"{parent}-{index}",  # a retried sweep does not launch twice
+            flow_run_name=f"{study_name}-trial-{index}",
+        )
+        for index in range(count)
+    ]
+    logger.info("launched %d trial flow runs on %s", count, deployment)
+    pending = {run.id for run in runs}
+    ended: dict[str, str] = {}
+    with get_client(sync_client=True) as client:
+        while pending:
+            time.sleep(POLL_SECONDS)
+            for run_id in list(pending):
+                state = client.read_flow_run(run_id).state
+                if state is not None and state.is_final():
+                    ended[str(run_id)] = state.name
+                    pending.discard(run_id)
+                    logger.info("trial flow run %s: %s", run_id, state.name)
+    return ended
+
+
+def run_trials(
+    count: int, deployment: str | None, study_name: str, storage: str, root: str
+) -> dict[str, str]:
+    """Each trial as a flow run; returns {flow run id: final state name}."""
+    if count == 0:
+        return {}
+    if deployment is None:
+        return _run_in_process(count, study_name, storage, root)
+    return _run_on_pool(count, deployment, study_name, storage, root)
+
+
+@task
+def finish(
+    repo: Path,
+    storage: str,
+    study_name: str,
+    ended: dict[str, str],
+    configurations: list[str],
+) -> dict[str, Any]:
+    """Close trials whose flow run died before it could, then build and log the report."""
+    study, spec = sweep.load_study(storage, study_name)
+    failed = sweep.fail_orphaned_trials(
+        study, {run: state for run, state in ended.items() if state != "Completed"}
+    )
+    if failed:
+        get_run_logger().warning("trials %s: flow run ended before closing them", failed)
+    uri, _ = tracking(repo)
+    client = mlflow_runs.client_for(uri)
+    path, markdown = ablation_report.publish(study, spec, repo, client, configurations)
+    create_markdown_artifact(markdown, key=f"ablations-{_artifact_key(study_name)}")
+    client.set_terminated(spec.mlflow_parent_run_id, "FINISHED")
+    states = [trial.state.name for trial in study.trials]
+    return {
+        "study": study_name,
+        "report": str(path),
+        "mlflow_parent_run_id": spec.mlflow_parent_run_id,
+        "states": {state: states.count(state) for state in sorted(set(states))},
+        "best_value": _best_value(study) if spec.kind == "sweep" else None,
+    }
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:  # no complete trial
+        return None
+
+
+def _artifact_key(name: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "study"

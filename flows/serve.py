@@ -1,0 +1,164 @@
+"""`make serve` (`python -m flows.serve`): everything `prefect deployment run` needs, locally.
+
+1. a Prefect server on 127.0.0.1 (prefect.toml's api.url), started here unless one answers;
+2. the process work pool `ttm-trials` and the deployment `ablation-trial/pool` on it: every
+   trial of a sweep or table is a flow run there, run by whichever worker is free;
+3. `--workers N` local workers of that pool (one trial each), or one per GPU with `--gpus
+   0,1,...` (CUDA_VISIBLE_DEVICES=i each); workers on other machines join with
+   `prefect worker start --pool ttm-trials --limit 1`;
+4. the served deployments `pipeline/local`, `ablation-sweep/local`, `ablation-table/local`.
+
+Ctrl-C stops the served flows, the workers and the server it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import httpx
+from prefect import serve
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.exceptions import ObjectAlreadyExists
+from prefect.settings import PREFECT_API_URL
+from prefect.workers.process import ProcessWorker
+
+from flows.pipeline import pipeline
+from flows.settings import WORK_POOL, repository
+from flows.sweep import ablation_sweep
+from flows.table import ablation_table
+from flows.trial import ablation_trial
+
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def api_url() -> str:
+    return PREFECT_API_URL.value() or "http://127.0.0.1:4200/api"
+
+
+def server_is_up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url.rstrip('/')}/health", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_for_server(url: str, timeout_seconds: float, process: subprocess.Popen | None) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while not server_is_up(url):
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {process.returncode}: see its log")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no Prefect server answered at {url} in {timeout_seconds:.0f} s")
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def local_server(url: str, log_path: Path, timeout_seconds: float = 180) -> Iterator[None]:
+    """Use the server at `url`, or start one there (127.0.0.1 only) and stop it on exit."""
+    if server_is_up(url):
+        yield
+        return
+    address = httpx.URL(url)
+    if address.host not in ("127.0.0.1", "localhost"):
+        raise RuntimeError(f"no Prefect server answers at {url}, and it is not a local address")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a") as log:
+        command = [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(address.port)]
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_server(url, timeout_seconds, process)
+        print(f"Prefect server on {url.removesuffix('/api')} (log: {log_path})")
+        yield
+    finally:
+        stop(process)
+
+
+def ensure_work_pool(name: str) -> None:
+    template = ProcessWorker.get_default_base_job_template()
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(
+            WorkPoolCreate(name=name, type="process", base_job_template=template)
+        )
+
+
+def deploy_trial(repo: Path) -> None:
+    """`ablation-trial/pool`: the trial flow, run from this checkout by the pool's workers.
+    (Not served here as well: a serving process would keep running it besides the pool.)"""
+    ablation_trial.from_source(source=str(repo), entrypoint="flows/trial.py:ablation_trial").deploy(
+        name="pool",
+        work_pool_name=WORK_POOL,
+        build=False,
+        push=False,
+        parameters={"root": str(repo)},
+        print_next_steps=False,
+    )
+
+
+def start_workers(count: int, gpus: Sequence[str], log_dir: Path) -> list[subprocess.Popen]:
+    """`count` CPU workers, or one per GPU id in `gpus`; each runs one trial at a time."""
+    slots = [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in gpus] or [{} for _ in range(count)]
+    workers = []
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for index, extra in enumerate(slots):
+        name = f"gpu-{extra['CUDA_VISIBLE_DEVICES']}" if extra else f"local-{index}"
+        command = [*PREFECT, "worker", "start", "--pool", WORK_POOL, "--limit", "1", "--name", name]
+        with (log_dir / f"worker-{name}.log").open("a") as log:
+            workers.append(
+                subprocess.Popen(command, env={**os.environ, **extra}, stdout=log, stderr=log)
+            )
+    return workers
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def serve_deployments(storage: str | None, repo: Path) -> None:
+    shared = {"root": str(repo)} | ({"storage_url": storage} if storage else {})
+    serve(
+        pipeline.to_deployment(name="local", parameters={"root": str(repo)}),
+        ablation_sweep.to_deployment(name="local", parameters=shared),
+        ablation_table.to_deployment(name="local", parameters=shared),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=1, help="local CPU workers (default 1)")
+    parser.add_argument("--gpus", default="", help="one worker per GPU id, e.g. 0,1,2,3")
+    parser.add_argument("--storage", default=None, help="default Optuna storage URL")
+    parser.add_argument("--root", default=None, help="the repository (default: here)")
+    args = parser.parse_args(argv)
+    repo = repository(args.root)
+    logs = repo / ".prefect" / "logs"
+    with local_server(api_url(), logs / "server.log"):
+        ensure_work_pool(WORK_POOL)
+        deploy_trial(repo)
+        gpus = [gpu for gpu in args.gpus.split(",") if gpu]
+        workers = start_workers(args.workers, gpus, logs)
+        print(f"{len(workers)} worker(s) on work pool {WORK_POOL}; serving deployments")
+        # SIGTERM (a service manager, a test) stops like Ctrl-C: workers and server too.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            serve_deployments(args.storage, repo)
+        finally:
+            for worker in workers:
+                stop(worker)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Where the flows find the repository, MLflow and Optuna: params.yaml, overridable by the
+environment (MLFLOW_TRACKING_URI) and by flow parameters."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tasks.dvc_runs import absolute_tracking_uri
+from tasks.params import Params, load_params
+from tasks.sweep import default_storage
+from tasks.tracking import tracking_uri
+
+# Where `make serve` registers the pool deployment and where workers poll for trials.
+WORK_POOL = "ttm-trials"
+TRIAL_DEPLOYMENT = "ablation-trial/pool"
+
+
+def repository(root: str | None) -> Path:
+    """The DVC repository the flow works in: `root`, else the working directory (serve and
+    workers start there)."""
+    path = Path(root or os.getcwd()).resolve()
+    if not (path / "dvc.yaml").exists():
+        raise ValueError(f"{path} is not the project's repository (no dvc.yaml); pass root=")
+    return path
+
+
+def params(repo: Path) -> Params:
+    return load_params(repo / "params.yaml")
+
+
+def tracking(repo: Path) -> tuple[str, str]:
+    """(tracking URI anchored at the repository, experiment name)."""
+    section = params(repo).tracking
+    return absolute_tracking_uri(tracking_uri(section), repo), section.experiment
+
+
+def storage(repo: Path, given: str | None) -> str:
+    """The Optuna storage: the flow parameter (a team's PostgreSQL URL; `make serve
+    STORAGE=...` makes it the deployments' default), else SQLite in the repository."""
+    return given or default_storage(repo)

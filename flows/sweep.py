@@ -1,0 +1,63 @@
+"""The `ablation-sweep` flow: an Optuna study over params.yaml's `ablation.search_space`
+(Beta λ, REPA-CLAP and REPA-MuQ weights, mask ratio), TPE by default, the median pruner on
+the trainer's validation loss. Each trial is a flow run of `ablation-trial` (a DVC
+experiment, an MLflow child run); when the sweep ends, failed trials included, the table of
+all trials goes to the MLflow parent run and to reports/ablations.md.
+
+    prefect deployment run ablation-sweep/local --param study_name=beta-repa --param n_trials=12
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows import fanout
+from flows.settings import TRIAL_DEPLOYMENT, params, repository, storage
+from tasks import dvc_runs, sweep
+
+
+@flow(name="ablation-sweep", log_prints=True)
+def ablation_sweep(
+    study_name: str = "sweep",
+    n_trials: int = 8,
+    storage_url: str | None = None,
+    sampler_seed: int = 0,
+    training_seed: int | None = None,
+    pretrain_steps: int | None = None,
+    finetune_steps: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    trial_timeout_minutes: float | None = None,
+    trial_deployment: str | None = TRIAL_DEPLOYMENT,
+    root: str | None = None,
+) -> dict[str, Any]:
+    """Sweep `n_trials` more trials of `study_name` (resumed if it exists in the storage).
+
+    storage_url: Optuna storage (SQLite in the repository by default; a PostgreSQL URL for
+    workers on several machines). pretrain_steps / finetune_steps: the budget per trial.
+    training_seed: `train.seed` of every trial. overrides: more params for every trial.
+    trial_deployment: where trials run (None: one after another in this process).
+    """
+    repo = repository(root)
+    url = storage(repo, storage_url)
+    fanout.require_reproduced(repo)
+    fixed = fanout.budget_overrides(pretrain_steps, finetune_steps, training_seed, overrides)
+    dvc_runs.check_overrides(repo, fixed)
+    config = params(repo)
+    parent = fanout.open_parent_run(
+        repo, study_name, "sweep",
+        {"n_trials": n_trials, "sampler": config.ablation.sampler, "sampler_seed": sampler_seed,
+         "storage": url, "fixed_overrides": fixed,
+         "search_space": {k: v.model_dump() for k, v in config.ablation.search_space.items()}},
+    )  # fmt: skip
+    timeout = trial_timeout_minutes * 60 if trial_timeout_minutes else None
+    spec = sweep.study_spec(config, "sweep", parent, fixed, timeout)
+    sweep.create_study(url, study_name, spec, config.ablation.sampler, sampler_seed)
+    ended: dict[str, str] = {}
+    try:
+        ended = fanout.run_trials(n_trials, trial_deployment, study_name, url, str(repo))
+    finally:
+        result = fanout.finish(repo, url, study_name, ended, [])
+    print(f"sweep {study_name}: {result['states']}, report {result['report']}")
+    return result

@@ -1,0 +1,83 @@
+"""A scratch copy of the project (git + DVC) on the tiny params, for the end-to-end tests and
+the sweep benchmark: the code, dvc.yaml and prefect.toml, the DAG shrunk to seconds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tasks.params import merge, read_yaml
+from tests.conftest import REPO, TINY_DATA, TINY_SCORERS, TINY_TRAINING
+
+COPIED_FILES = ("dvc.yaml", ".gitignore", "prefect.toml")
+COPIED_PACKAGES = ("tasks", "models", "flows")
+
+
+def tiny_params(shipped: dict) -> dict:
+    """The whole DAG in about a minute: 8 tracks, seconds of scorer and model training."""
+    raw = {
+        **shipped,
+        "data": {
+            **shipped["data"],
+            **TINY_DATA,
+            "num_tracks": 8,
+            "eval_prompt_count": 2,
+            "min_track_seconds": 20.5,  # two 10-s reference windows per test track (evaluate)
+            "max_track_seconds": 22.0,
+            "workers": 2,
+        },
+        "scorers": {**shipped["scorers"], **TINY_SCORERS},
+        "curate": {**shipped["curate"], "segment_seconds": 4.0},
+    }
+    raw = merge(raw, TINY_TRAINING)
+    return merge(raw, {"evaluate": {"fad_infinity": False}})  # FAD-inf needs >= 3 clips
+
+
+def environment(root: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        # dvc runs `python -m tasks.corpus` through the shell: the interpreter of this venv
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "ci",
+        "GIT_AUTHOR_EMAIL": "ci@localhost",
+        "GIT_COMMITTER_NAME": "ci",
+        "GIT_COMMITTER_EMAIL": "ci@localhost",
+    }
+
+
+def run(command: list[str], cwd: Path, env: dict) -> str:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def create(root: Path, raw_params: dict) -> dict[str, str]:
+    """Copy the project into `root` with `raw_params` as params.yaml; git + dvc init."""
+    for name in COPIED_FILES:
+        shutil.copy(REPO / name, root / name)
+    for package in COPIED_PACKAGES:
+        shutil.copytree(
+            REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    (root / "params.yaml").write_text(yaml.safe_dump(raw_params, sort_keys=False))
+    env = environment(root)
+    run(["git", "init", "-q"], root, env)
+    run([sys.executable, "-m", "dvc", "init", "-q"], root, env)
+    return env
+
+
+def reproduced(root: Path) -> dict[str, str]:
+    """A scratch repo on the tiny params after `dvc repro`, all of it committed: the state
+    `dvc exp run` starts from."""
+    env = create(root, tiny_params(read_yaml(REPO / "params.yaml")))
+    run([sys.executable, "-m", "dvc", "repro", "-q"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "tiny DAG reproduced"], root, env)
+    return env
