@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # dvc runs stage commands through the shell: put the venv first on PATH so `python` is ours.
 RUN := PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1
 
-.PHONY: setup run test test-fast lint bench listening-check clean
+.PHONY: setup run test test-fast lint bench listening-check serve worker mlflow-ui screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,11 +41,31 @@ bench: setup
 	$(RUN) $(BIN)/python -m benchmarks.codec_throughput
 	$(RUN) $(BIN)/python -m benchmarks.dataloader_throughput
 	$(RUN) $(BIN)/python -m benchmarks.training_throughput
+	$(RUN) $(BIN)/python -m benchmarks.sweep_overhead
 
 ## listening-check: open reports/listening/index.html in headless Chromium, save a screenshot
 listening-check: setup
 	$(RUN) $(BIN)/python -m tasks.listening_page reports/listening/index.html \
 		--screenshot reports/listening_page.png
+
+## serve: Prefect server (127.0.0.1:4200) + work pool + workers + served deployments
+# WORKERS=2 for two CPU workers, GPUS=0,1,2,3 for one worker per GPU, STORAGE=postgresql+psycopg://...
+WORKERS ?= 1
+GPUS ?=
+STORAGE ?=
+serve: setup
+	$(RUN) $(BIN)/python -m flows.serve --workers $(WORKERS) $(if $(GPUS),--gpus $(GPUS)) \
+		$(if $(STORAGE),--storage $(STORAGE))
+
+## worker: one more trial worker on the pool (GPU=i pins it to one GPU)
+GPU ?=
+worker: setup
+	$(RUN) $(if $(GPU),CUDA_VISIBLE_DEVICES=$(GPU)) $(BIN)/prefect worker start \
+		--pool ttm-trials --limit 1 $(if $(GPU),--name gpu-$(GPU))
+
+## mlflow-ui: browse runs and ablation tables on http://127.0.0.1:5000
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf $(VENV)

@@ -10,6 +10,8 @@ parent run, and the stages of its experiment nest under it.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
 from flows.settings import repository, tracking
-from tasks import dvc_runs, mlflow_runs, sweep
+from tasks import dvc_runs, mlflow_runs, pruning, sweep
 from tasks.params import ParamsError
 from tasks.tracking import PARENT_RUN_ENV, RUN_TAGS_ENV
 
@@ -30,8 +32,13 @@ class TrialFailed(RuntimeError):
 @task
 def claim(storage: str, study_name: str) -> tuple[sweep.ClaimedTrial, sweep.StudySpec]:
     study, spec = sweep.load_study(storage, study_name)
-    claimed = sweep.claim_trial(study, spec, {"prefect_flow_run_id": str(flow_run.get_id())})
-    return claimed, spec
+    where = {
+        "prefect_flow_run_id": str(flow_run.get_id()),
+        "host": socket.gethostname(),
+        # the worker's GPU (one worker per GPU): which device this trial trained on
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    }
+    return sweep.claim_trial(study, spec, where), spec
 
 
 @task
@@ -76,11 +83,11 @@ def ablation_trial(study_name: str, storage: str, root: str | None = None) -> di
             "MLFLOW_TRACKING_URI": uri,
             PARENT_RUN_ENV: run_id,
             RUN_TAGS_ENV: json.dumps({"prefect.flow_run_id": current, "trial": name}),
-            **sweep.trial_environment(storage, study_name, claimed.number),
+            **pruning.trial_environment(storage, study_name, claimed.number),
         }
         result, metrics = run_experiment(repo, name, claimed.overrides, environment, log_path, spec)
         reason = result.failure_reason()
-    pruned = sweep.pruned_step(storage, study_name, claimed.number)
+    pruned = pruning.pruned_step(storage, study_name, claimed.number)
     state, value, reason = sweep.trial_outcome(
         result is not None and result.succeeded, reason, metrics, spec, pruned
     )

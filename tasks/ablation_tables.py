@@ -17,7 +17,8 @@ import optuna
 import pandas as pd
 from scipy import stats
 
-from tasks.sweep import PRUNED_ATTR, StudySpec
+from tasks.pruning import PRUNED_ATTR
+from tasks.sweep import StudySpec
 
 BASE = "base"
 METRIC_PREFIX = "metric."
@@ -48,6 +49,8 @@ def trials_table(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
             "dvc_experiment": attrs.get("dvc_experiment"),
             "mlflow_run_id": attrs.get("mlflow_run_id"),
             "prefect_flow_run_id": attrs.get("prefect_flow_run_id"),
+            "host": attrs.get("host"),
+            "cuda_visible_devices": attrs.get("cuda_visible_devices"),
         }
         row |= {column: attrs.get(column, math.nan) for column in TIMING_COLUMNS}
         rows.append(row)

@@ -28,7 +28,7 @@ import networkx
 from dvc.repo import Repo
 
 from tasks.overlays import hydra_value
-from tasks.params import MetricSpec, Params, merge, read_yaml, resolve_key
+from tasks.params import MetricSpec, Params, ParamsError, merge, read_yaml, resolve_key
 
 FAILED_STAGE = re.compile(r"failed to reproduce '([^']+)'")
 RAN_STAGE = re.compile(r"Running stage '([^']+)'")
@@ -81,7 +81,7 @@ def check_overrides(root: Path, overrides: Mapping[str, Any]) -> Params:
     naming it, instead of minutes later inside a stage."""
     raw = read_yaml(root / "params.yaml")
     for key, value in overrides.items():
-        resolve_key(raw, key, f"override {key}")
+        resolve_key(raw, key, "override")
         raw = merge(raw, _nested(key, value))
     return Params.from_mapping(raw, source=f"params.yaml + overrides {dict(overrides)}")
 
@@ -186,7 +186,7 @@ def read_metrics(root: Path, name: str, metrics: Mapping[str, MetricSpec]) -> di
     for metric, spec in metrics.items():
         try:
             values[metric] = float(resolve_key(shown[spec.file], spec.key, spec.key))
-        except ValueError:
+        except ParamsError:
             continue  # a metric the run did not produce (e.g. FAD-inf off) is left out
     return values
 

@@ -321,8 +321,13 @@ def _window_height(body: dict[str, str]) -> int:
     return max(200, min(height, MAX_WINDOW_HEIGHT))
 
 
-def _take_screenshot(
-    chromium: str, url: str, screenshot: Path, height: int, timeout_s: float
+def take_screenshot(
+    chromium: str,
+    url: str,
+    screenshot: Path,
+    height: int,
+    timeout_s: float,
+    width: int = WINDOW_WIDTH,
 ) -> None:
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     # Chromium picks the image format from the file extension and rejects anything else, so
@@ -331,7 +336,7 @@ def _take_screenshot(
         shot = Path(work) / "shot.png"
         extra = [
             f"--screenshot={shot}",
-            f"--window-size={WINDOW_WIDTH},{height}",
+            f"--window-size={width},{height}",
             "--hide-scrollbars",
         ]
         command, _, stderr = _headless(chromium, extra, url, timeout_s)
@@ -370,7 +375,7 @@ def check_page(
     reader = _DomReader()
     reader.feed(dom)
     if screenshot is not None:
-        _take_screenshot(chromium, url, screenshot, _window_height(reader.body), timeout_s)
+        take_screenshot(chromium, url, screenshot, _window_height(reader.body), timeout_s)
     return PageCheck(
         players=reader.players,
         audio_loaded=int(reader.body.get("data-audio-loaded", "0") or 0),

@@ -7,14 +7,13 @@ the storage claims the next trial (`study.ask`) and closes it (`study.tell`). Sw
 sample the search space (TPE by default); table cells are enqueued trials whose overrides
 ride in their user attributes, popped by the same `ask`.
 
-The training stage reports validation losses to its trial through `TTM_OPTUNA_*`
-environment variables (`pruning_callbacks`) and raises `TrialPruned` when the pruner says
-so; the trial's runner then finds `pruned_at_step` on the trial and closes it as pruned.
+The training stage reports validation losses to its trial (tasks/pruning.py) and stops when
+the pruner says so; the trial's runner then finds `pruned_at_step` on the trial and closes
+it as pruned.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +25,12 @@ from optuna.trial import TrialState
 from pydantic import BaseModel, ConfigDict
 
 from tasks.params import MetricSpec, Params, PrunerParams, SearchRange
-
-STORAGE_ENV = "TTM_OPTUNA_STORAGE"
-STUDY_ENV = "TTM_OPTUNA_STUDY"
-TRIAL_ENV = "TTM_OPTUNA_TRIAL"
-SPEC_ATTR = "spec"
-PRUNED_ATTR = "pruned_at_step"
-JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
-
-TrialPruned = optuna.TrialPruned
+from tasks.pruning import (
+    SPEC_ATTR,
+    make_pruner,
+    open_storage,
+    trial_by_number,
+)
 
 
 class StudySpec(BaseModel):
@@ -91,30 +87,6 @@ def study_spec(
 def default_storage(root: Path) -> str:
     """SQLite beside the MLflow store: one file, safe for the few writers of a local sweep."""
     return f"sqlite:///{(root / 'optuna.db').resolve()}"
-
-
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An RDB URL (sqlite:///..., postgresql+psycopg://...) or a journal file path."""
-    if url.endswith(JOURNAL_SUFFIXES) and "://" not in url:
-        backend = optuna.storages.journal.JournalFileBackend(str(Path(url).resolve()))
-        return optuna.storages.JournalStorage(backend)
-    if url.startswith("sqlite:///"):
-        # Trials write from several processes: wait for SQLite's lock rather than fail.
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    if "://" in url:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    raise ValueError(
-        f"storage {url!r}: expected an SQLAlchemy URL (sqlite:///abs/path.db, "
-        f"postgresql+psycopg://user@host/db) or a journal file ending in {JOURNAL_SUFFIXES}"
-    )
-
-
-def make_pruner(pruner: PrunerParams) -> optuna.pruners.BasePruner:
-    if pruner.name == "none":
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=pruner.startup_trials, n_warmup_steps=pruner.warmup_steps
-    )
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -245,12 +217,6 @@ def close_trial(
     return state
 
 
-def trial_by_number(study: optuna.Study, number: int) -> optuna.Trial:
-    storage = study._storage
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    return optuna.Trial(study, trial_id)
-
-
 def fail_orphaned_trials(study: optuna.Study, ended_runs: Mapping[str, str]) -> list[int]:
     """Trials still RUNNING whose flow run has ended (crashed, cancelled, killed before it
     could tell the study) are closed as failed with the flow run's final state."""
@@ -262,41 +228,6 @@ def fail_orphaned_trials(study: optuna.Study, ended_runs: Mapping[str, str]) -> 
             close_trial(study, trial.number, TrialState.FAIL, None, {}, reason)
             failed.append(trial.number)
     return failed
-
-
-# --------------------------------------------------------------------------- pruning
-class PruningCallback:
-    """A trainer ValidationCallback: report the validation loss to the trial, stop the run
-    when the study's pruner says so. `step_offset` puts finetune after pretrain's steps."""
-
-    def __init__(self, trial: optuna.Trial, step_offset: int) -> None:
-        self.trial, self.step_offset = trial, step_offset
-
-    def __call__(self, step: int, validation_loss: float) -> None:
-        global_step = self.step_offset + step
-        # Every process of a multi-process run reports the same (all-reduced) value and asks
-        # the same storage, so all of them stop together; repeated reports are ignored.
-        self.trial.report(validation_loss, global_step)
-        if self.trial.should_prune():
-            self.trial.set_user_attr(PRUNED_ATTR, global_step)
-            raise TrialPruned(
-                f"pruned at step {global_step} (validation loss {validation_loss:.4f})"
-            )
-
-
-def pruning_callbacks(step_offset: int) -> list[PruningCallback]:
-    """The callback of the trial named by TTM_OPTUNA_* (set by the sweep's trial runner);
-    none outside a sweep."""
-    storage = os.environ.get(STORAGE_ENV)
-    if not storage:
-        return []
-    study, _ = load_study(storage, os.environ[STUDY_ENV])
-    trial = trial_by_number(study, int(os.environ[TRIAL_ENV]))
-    return [PruningCallback(trial, step_offset)]
-
-
-def trial_environment(storage: str, study: str, number: int) -> dict[str, str]:
-    return {STORAGE_ENV: storage, STUDY_ENV: study, TRIAL_ENV: str(number)}
 
 
 # --------------------------------------------------------------------------- outcome
@@ -316,15 +247,6 @@ def trial_outcome(
     if pruned_step is not None:
         return TrialState.PRUNED, None, None
     return TrialState.FAIL, None, failure_reason
-
-
-def pruned_step(storage: str, study_name: str, number: int) -> int | None:
-    """The step the training stage (another process) recorded when the pruner stopped it,
-    read afresh from the storage."""
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    step = trial.user_attrs.get(PRUNED_ATTR)
-    return int(step) if step is not None else None
 
 
 def record_attributes(study: optuna.Study, number: int, attributes: Mapping[str, Any]) -> None:

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure  # the OO API: Agg canvas, no pyplot global
 
 from models.fluxaudio import trainable_parameters
 from models.objective import FlowMatchingModel
-from tasks import checkpoints, sweep
+from tasks import checkpoints, pruning
 from tasks.atomic import atomic_path
 from tasks.backends.clap import load_clap
 from tasks.backends.codec import load_codec
@@ -232,8 +232,8 @@ def main(stage: str) -> None:
     params = load_stage_params()
     offset = 0 if stage == "pretrain" else params.train.optim.steps
     try:
-        summary = run(params, stage, callbacks=sweep.pruning_callbacks(offset))
-    except sweep.TrialPruned as pruned:
+        summary = run(params, stage, callbacks=pruning.pruning_callbacks(offset))
+    except pruning.TrialPruned as pruned:
         raise SystemExit(f"{stage}: trial {pruned}") from None
     if summary:  # the main process
         print(

@@ -172,3 +172,50 @@ def test_stage_entry_point_exits_with_the_message(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(SystemExit, match=r"data\.num_tracks: Input should be greater"):
         load_stage_params(tmp_path / "params.yaml")
+
+
+def test_params_rewritten_by_dvc_exp_run_load_the_same(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml in YAML 1.2 (`mixed_precision: no`, unquoted):
+    read as YAML 1.1 that would be False; the loader reads it as DVC wrote it."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    apply_overrides(str(tmp_path / "params.yaml"), ["train.seed=3"])
+    assert "mixed_precision: no\n" in (tmp_path / "params.yaml").read_text()
+    params = load_params(tmp_path / "params.yaml")
+    assert params.train.optim.mixed_precision == "no" and params.train.seed == 3
+
+
+@pytest.mark.parametrize(
+    "ablation, fragment",
+    [
+        ({"configurations": {"typo": {"model.repa.clap.wieght": 0.2}}}, "model.repa.clap.wieght"),
+        ({"base": {"train.timestep.beta": 0.0}}, "ablation.base.train.timestep.beta"),
+        ({"search_space": {"model.quality_token": {"low": 0.0, "high": 1.0, "log": False}}},
+         "not a float parameter"),
+        ({"objective": "accuracy"}, "is not one of metrics"),
+        ({"search_space": {"train.timestep.beta_lambda": {"low": 2.0, "high": 1.0, "log": False}}},
+         "low must be < high"),
+    ],
+)  # fmt: skip
+def test_ablation_keys_must_name_params(shipped_params, ablation, fragment):
+    raw = copy.deepcopy(shipped_params)
+    for key, value in ablation.items():
+        raw["ablation"][key] = value
+    with pytest.raises(ParamsError, match=fragment.replace(".", r"\.")):
+        params_with(raw, {})
+
+
+def test_shipped_ablation_covers_the_papers_table(shipped_params):
+    ablation = params_with(shipped_params, {}).ablation
+    # paper 000 Table I: base with every switch off, each switch alone at the paper's settings
+    assert ablation.base["train.timestep.beta_lambda"] == 0.0
+    assert ablation.base["model.repa.clap.weight"] == ablation.base["model.repa.muq.weight"] == 0
+    assert ablation.configurations["clap_repa_aggressive"] == {
+        "model.repa.clap.weight": 0.4, "model.repa.clap.time_weight_exponent": 4.0,
+    }  # fmt: skip
+    lambdas = [c.get("train.timestep.beta_lambda") for c in ablation.configurations.values()]
+    assert {0.2, 1.0, 2.0} <= set(lambdas)
+    assert ablation.configurations["mdt_mask_0.3"] == {"model.masking.mask_ratio": 0.3}
+    assert set(ablation.search_space) == {
+        "train.timestep.beta_lambda", "model.repa.clap.weight", "model.repa.muq.weight",
+        "model.masking.mask_ratio",
+    }  # fmt: skip

@@ -199,3 +199,34 @@ def test_two_processes_train_as_one_group(latent_workspace, tmp_path: Path) -> N
     metrics = json.loads((root / "reports/pretrain/metrics.json").read_text())
     assert metrics["steps"] == 12 and np.isfinite(metrics["val_flow_matching"])
     assert (root / "checkpoints/pretrain/model.safetensors").exists()
+
+
+def test_a_sweep_trial_is_pruned_inside_the_stage(latent_workspace, tmp_path: Path) -> None:
+    """The stage reports its validation losses to the trial named by TTM_OPTUNA_* and stops
+    when the median pruner says so, recording the step for the trial's runner."""
+    from optuna.trial import TrialState
+
+    from tasks import pruning, sweep
+    from tasks.params import PrunerParams
+
+    root, params = _workspace(latent_workspace, tmp_path / "ws")
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    pruner = PrunerParams(name="median", startup_trials=1, warmup_steps=0)
+    spec = sweep.study_spec(params, "sweep", "p" * 32, {}, None).model_copy(
+        update={"pruner": pruner}
+    )
+    study = sweep.create_study(url, "prune", spec, "tpe", 0)
+    excellent = study.ask()
+    for step in (4, 8, 12):
+        excellent.report(-0.01, step)  # a loss of 0.01 (maximised study: negated)
+    study.tell(excellent, 1.0)
+    trial = study.ask()
+    with _inside(root), pytest.MonkeyPatch.context() as patch:
+        for key, value in pruning.trial_environment(url, "prune", trial.number).items():
+            patch.setenv(key, value)
+        with pytest.raises(SystemExit, match="pretrain: trial pruned at step 4"):
+            training_stage.main("pretrain")
+    assert pruning.pruned_step(url, "prune", trial.number) == 4
+    frozen = study.trials[trial.number]
+    assert frozen.state == TrialState.RUNNING and list(frozen.intermediate_values) == [4]
+    assert not (root / "checkpoints/pretrain/model.safetensors").exists()

@@ -200,11 +200,12 @@ def load_stage_params(path: Path = PARAMS_FILE) -> Params:
 
 
 def resolve_key(tree: Mapping[str, Any], key: str, where: str = "") -> Any:
-    """The value at dotted `key`; a missing key raises ValueError naming `where`."""
+    """The value at dotted `key`; a missing key raises ParamsError (a ValueError, so a
+    validator reports it too) naming `where`."""
     node: Any = tree
     for part in key.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            raise ValueError(f"{where or key}: {key} is not a key of params.yaml")
+            raise ParamsError(f"{where or key}: {key} is not a key of params.yaml")
         node = node[part]
     return node
 

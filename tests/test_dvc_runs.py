@@ -1,0 +1,89 @@
+"""DVC as the flows drive it: stage order from DVC's graph, experiment commands, failure
+reasons read from DVC's log, overrides checked before anything runs."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks import dvc_runs
+from tasks.params import ParamsError
+from tests.conftest import REPO
+
+KILLED = """Reproducing experiment 's-t1'
+Stage 'latents' didn't change, skipping
+Running stage 'pretrain':
+> python -m tasks.pretrain
+ERROR: failed to reproduce 'pretrain': failed to run: python -m tasks.pretrain, exited with -9
+"""
+RAISED = """Running stage 'finetune':
+> python -m tasks.finetune
+Traceback (most recent call last):
+  File "x.py", line 1, in <module>
+ValueError: non-finite loss at step 7 (samples [3, 9])
+ERROR: failed to reproduce 'finetune': failed to run: python -m tasks.finetune, exited with 1
+"""
+
+
+def result(log: str, returncode: int = 1) -> dvc_runs.DvcResult:
+    failed = dvc_runs.FAILED_STAGE.findall(log)
+    ran = tuple(dvc_runs.RAN_STAGE.findall(log))
+    return dvc_runs.DvcResult("x", returncode, 1.0, ran, failed[-1] if failed else None, log)
+
+
+def test_failure_reasons_name_the_stage_the_signal_and_the_error() -> None:
+    killed = result(KILLED)
+    assert killed.failure_reason() == "stage pretrain killed by SIGKILL"
+    assert killed.transient and killed.ran_stages == ("pretrain",)
+    raised = result(RAISED)
+    assert raised.failure_reason() == (
+        "stage finetune exited with 1: ValueError: non-finite loss at step 7 (samples [3, 9])"
+    )
+    assert not raised.transient
+    locked = result("ERROR: Unable to acquire lock. Most likely another DVC process is running")
+    assert locked.transient and locked.failure_reason().startswith("dvc exited with 1")
+
+
+def test_stage_order_is_dvc_yaml_order_and_respects_every_dependency() -> None:
+    order = dvc_runs.stage_order(REPO)
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert order == list(stages)  # dvc.yaml lists them upstream first
+    producers = {out if isinstance(out, str) else next(iter(out)): name
+                 for name, stage in stages.items() for out in stage.get("outs", [])}  # fmt: skip
+    for name, stage in stages.items():
+        for dependency in stage.get("deps", []):
+            producer = producers.get(
+                dependency.replace("${evaluate.checkpoint}", "checkpoints/finetune")
+            )
+            if producer:
+                assert order.index(producer) < order.index(name), (producer, name)
+
+
+def test_experiment_command_passes_overrides_in_dvc_grammar() -> None:
+    command = dvc_runs.exp_run_command("s-t0", {"model.repa.clap.weight": 0.2, "train.seed": 3,
+                                                "quality.use_prefix": False})  # fmt: skip
+    assert command[:3] == [sys.executable, "-m", "dvc"]
+    assert command[3:8] == ["exp", "run", "--temp", "-n", "s-t0"]
+    assert command[8:] == ["-S", "model.repa.clap.weight=0.2", "-S", "train.seed=3",
+                           "-S", "quality.use_prefix=false"]  # fmt: skip
+
+
+def test_overrides_are_checked_against_params_yaml(tmp_path: Path) -> None:
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    checked = dvc_runs.check_overrides(tmp_path, {"train.timestep.beta_lambda": 0.2})
+    assert checked.train.timestep.beta_lambda == 0.2
+    with pytest.raises(ParamsError, match=r"train\.timestep\.beta_lamda"):
+        dvc_runs.check_overrides(tmp_path, {"train.timestep.beta_lamda": 0.2})
+    with pytest.raises(ParamsError, match=r"model\.masking\.mask_ratio"):
+        dvc_runs.check_overrides(tmp_path, {"model.masking.mask_ratio": 1.5})
+
+
+def test_relative_sqlite_tracking_uri_is_anchored_at_the_repository(tmp_path: Path) -> None:
+    anchored = dvc_runs.absolute_tracking_uri("sqlite:///mlflow.db", tmp_path)
+    assert anchored == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert dvc_runs.absolute_tracking_uri("sqlite:////abs/m.db", tmp_path) == "sqlite:////abs/m.db"
+    assert dvc_runs.absolute_tracking_uri("http://mlflow:5000", tmp_path) == "http://mlflow:5000"

@@ -1,0 +1,50 @@
+"""MLflow links: a stage run nests under the run named by the environment and carries its
+tags, and the flows find it again (stage runs of a trial, the run a pipeline task started)."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+
+from tasks import mlflow_runs
+from tasks.params import TrackingParams
+from tasks.tracking import PARENT_RUN_ENV, RUN_TAGS_ENV, stage_run
+
+
+def test_stage_runs_nest_under_the_trial_run_and_are_found_again(tmp_path, monkeypatch) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = mlflow_runs.client_for(uri)
+    parent = mlflow_runs.start_run(client, "exp", "sweep-s", {"kind": "sweep"}, {"n": 3})
+    trial = mlflow_runs.start_run(client, "exp", "s-t0", {}, {"x": 0.5}, parent_run_id=parent)
+    monkeypatch.setenv(PARENT_RUN_ENV, trial)
+    monkeypatch.setenv(RUN_TAGS_ENV, json.dumps({"prefect.flow_run_id": "fr-1"}))
+    tracking = TrackingParams(mlflow_tracking_uri="ignored", experiment="exp")
+    for stage in ("pretrain", "finetune"):
+        with stage_run(tracking, stage, {"seed": 1}):
+            mlflow.log_metric("wall_seconds", 2.5)
+    (child,) = mlflow_runs.child_runs(client, "exp", parent)
+    assert child.info.run_id == trial and child.data.params["x"] == "0.5"
+    stages = mlflow_runs.child_runs(client, "exp", trial)
+    assert {run.data.tags["stage"] for run in stages} == {"pretrain", "finetune"}
+    assert {run.data.tags["prefect.flow_run_id"] for run in stages} == {"fr-1"}
+    found = mlflow_runs.latest_stage_run(client, "exp", "finetune", "fr-1")
+    assert found is not None and found.data.tags["stage"] == "finetune"
+    assert mlflow_runs.latest_stage_run(client, "exp", "finetune", "another-run") is None
+    timings = mlflow_runs.stage_timings(client, "exp", trial)
+    assert timings["training_seconds"] == 5.0 and timings["stage_seconds"] >= 0
+    assert mlflow_runs.run_url("http://127.0.0.1:5000/", found).endswith(
+        f"/#/experiments/{found.info.experiment_id}/runs/{found.info.run_id}"
+    )
+    mlflow_runs.finish_trial_run(client, trial, "PRUNED", {"clap_score": 0.3}, {}, None)
+    assert client.get_run(trial).info.status == "KILLED"
+
+
+def test_bad_tags_in_the_environment_fail_clearly(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv(RUN_TAGS_ENV, "not json")
+    tracking = TrackingParams(mlflow_tracking_uri="ignored", experiment="exp")
+    with pytest.raises(ValueError, match="TTM_MLFLOW_TAGS"), stage_run(tracking, "x", {}):
+        pass
