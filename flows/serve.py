@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from flows.settings import WORK_POOL, repository
 from flows.sweep import ablation_sweep
 from flows.table import ablation_table
 from flows.trial import ablation_trial
+from tasks.local_servers import answers, wait_until_answering
 
 PREFECT = [sys.executable, "-m", "prefect"]
 
@@ -44,27 +44,11 @@ def api_url() -> str:
     return PREFECT_API_URL.value() or "http://127.0.0.1:4200/api"
 
 
-def server_is_up(url: str) -> bool:
-    try:
-        return httpx.get(f"{url.rstrip('/')}/health", timeout=2.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def wait_for_server(url: str, timeout_seconds: float, process: subprocess.Popen | None) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while not server_is_up(url):
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {process.returncode}: see its log")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no Prefect server answered at {url} in {timeout_seconds:.0f} s")
-        time.sleep(0.5)
-
-
 @contextlib.contextmanager
 def local_server(url: str, log_path: Path, timeout_seconds: float = 180) -> Iterator[None]:
     """Use the server at `url`, or start one there (127.0.0.1 only) and stop it on exit."""
-    if server_is_up(url):
+    health = f"{url.rstrip('/')}/health"
+    if answers(health):
         yield
         return
     address = httpx.URL(url)
@@ -75,7 +59,7 @@ def local_server(url: str, log_path: Path, timeout_seconds: float = 180) -> Iter
         command = [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(address.port)]
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for_server(url, timeout_seconds, process)
+        wait_until_answering(health, timeout_seconds, process, "prefect server (see its log)")
         print(f"Prefect server on {url.removesuffix('/api')} (log: {log_path})")
         yield
     finally:

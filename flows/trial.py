@@ -13,8 +13,10 @@ import json
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 from optuna.trial import TrialState
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
@@ -54,55 +56,94 @@ def run_experiment(
     return result, metrics
 
 
-@flow(name="ablation-trial", log_prints=True)
-def ablation_trial(study_name: str, storage: str, root: str | None = None) -> dict:
-    """One trial of `study_name` (a sweep or a table created by its flow) in `storage`."""
-    started = time.perf_counter()
-    repo = repository(root)
+@dataclass(frozen=True)
+class TrialRun:
+    """One claimed trial and where it is recorded: its study, DVC experiment, MLflow run."""
+
+    repo: Path
+    storage: str
+    study: optuna.Study
+    spec: sweep.StudySpec
+    claimed: sweep.ClaimedTrial
+    name: str  # the DVC experiment and the MLflow run: <study>-t<N> or <study>-<cell>-s<seed>
+    tracking_uri: str
+    experiment: str
+    mlflow_run_id: str
+
+    @property
+    def log_path(self) -> Path:
+        return self.repo / ".prefect" / "logs" / self.study.study_name / f"{self.name}.log"
+
+
+def open_trial(repo: Path, storage: str, study_name: str) -> TrialRun:
     claimed, spec = claim(storage, study_name)
     study, _ = sweep.load_study(storage, study_name)
     name = f"{study_name}-{claimed.label}"
     uri, experiment = tracking(repo)
-    client = mlflow_runs.client_for(uri)
-    current = str(flow_run.get_id())
     tags = {"kind": f"{spec.kind}-trial", "study": study_name, "optuna.trial": str(claimed.number),
-            "dvc.experiment": name, "prefect.flow_run_id": current}  # fmt: skip
+            "dvc.experiment": name, "prefect.flow_run_id": str(flow_run.get_id())}  # fmt: skip
     run_id = mlflow_runs.start_run(
-        client, experiment, name, tags, claimed.overrides, spec.mlflow_parent_run_id
-    )
+        mlflow_runs.client_for(uri), experiment, name, tags, claimed.overrides,
+        spec.mlflow_parent_run_id,
+    )  # fmt: skip
     sweep.record_attributes(
         study, claimed.number, {"dvc_experiment": name, "mlflow_run_id": run_id}
     )
-    log_path = repo / ".prefect" / "logs" / study_name / f"{name}.log"
+    return TrialRun(repo, storage, study, spec, claimed, name, uri, experiment, run_id)
+
+
+def execute(trial: TrialRun) -> tuple[bool, dict[str, float], str]:
+    """(succeeded, metrics, failure reason) of the trial's DVC experiment."""
     try:
-        dvc_runs.check_overrides(repo, claimed.overrides)
+        dvc_runs.check_overrides(trial.repo, trial.claimed.overrides)
     except ParamsError as error:
-        result, metrics, reason = None, {}, str(error)
-    else:
-        environment = {
-            "MLFLOW_TRACKING_URI": uri,
-            PARENT_RUN_ENV: run_id,
-            RUN_TAGS_ENV: json.dumps({"prefect.flow_run_id": current, "trial": name}),
-            **pruning.trial_environment(storage, study_name, claimed.number),
-        }
-        result, metrics = run_experiment(repo, name, claimed.overrides, environment, log_path, spec)
-        reason = result.failure_reason()
-    pruned = pruning.pruned_step(storage, study_name, claimed.number)
-    state, value, reason = sweep.trial_outcome(
-        result is not None and result.succeeded, reason, metrics, spec, pruned
+        return False, {}, str(error)
+    environment = {
+        "MLFLOW_TRACKING_URI": trial.tracking_uri,
+        PARENT_RUN_ENV: trial.mlflow_run_id,
+        RUN_TAGS_ENV: json.dumps(
+            {"prefect.flow_run_id": str(flow_run.get_id()), "trial": trial.name}
+        ),
+        **pruning.trial_environment(trial.storage, trial.study.study_name, trial.claimed.number),
+    }
+    result, metrics = run_experiment(
+        trial.repo, trial.name, trial.claimed.overrides, environment, trial.log_path, trial.spec
     )
-    timings = mlflow_runs.stage_timings(client, experiment, run_id)
-    timings["trial_seconds"] = time.perf_counter() - started
-    timings["overhead_seconds"] = timings["trial_seconds"] - timings["stage_seconds"]
-    sweep.record_attributes(study, claimed.number, timings)
-    sweep.close_trial(study, claimed.number, state, value, metrics, reason)
-    outcome_tags = {"fail_reason": reason} if reason else {}
+    return result.succeeded, metrics, result.failure_reason()
+
+
+def close(trial: TrialRun, succeeded: bool, metrics: dict, reason: str, seconds: float):
+    """Record the outcome, the time split and the reason on the trial and its MLflow run."""
+    number = trial.claimed.number
+    pruned = pruning.pruned_step(trial.storage, trial.study.study_name, number)
+    state, value, reason = sweep.trial_outcome(succeeded, reason, metrics, trial.spec, pruned)
+    client = mlflow_runs.client_for(trial.tracking_uri)
+    timings = mlflow_runs.stage_timings(client, trial.experiment, trial.mlflow_run_id)
+    timings["trial_seconds"] = seconds
+    timings["overhead_seconds"] = seconds - timings["stage_seconds"]
+    sweep.record_attributes(trial.study, number, timings)
+    sweep.close_trial(trial.study, number, state, value, metrics, reason)
+    tags = {"fail_reason": reason} if reason else {}
     if pruned is not None:
-        outcome_tags["pruned_at_step"] = str(pruned)
+        tags["pruned_at_step"] = str(pruned)
     mlflow_runs.finish_trial_run(
-        client, run_id, state.name, {**metrics, **timings}, outcome_tags, log_path
+        client, trial.mlflow_run_id, state.name, {**metrics, **timings}, tags, trial.log_path
     )
-    print(f"trial {claimed.number} ({name}): {state.name}" + (f": {reason}" if reason else ""))
+    print(f"trial {number} ({trial.name}): {state.name}" + (f": {reason}" if reason else ""))
+    return state, value
+
+
+@flow(name="ablation-trial", log_prints=True)
+def ablation_trial(study_name: str, storage: str, root: str | None = None) -> dict:
+    """One trial of `study_name` (a sweep or a table created by its flow) in `storage`."""
+    started = time.perf_counter()
+    trial = open_trial(repository(root), storage, study_name)
+    try:
+        succeeded, metrics, reason = execute(trial)
+    except Exception as error:  # closed as FAIL with the error, then the flow run fails too
+        close(trial, False, {}, f"{type(error).__name__}: {error}", time.perf_counter() - started)
+        raise
+    state, value = close(trial, succeeded, metrics, reason, time.perf_counter() - started)
     if state == TrialState.FAIL:
         raise TrialFailed(reason)
-    return {"trial": claimed.number, "state": state.name, "value": value, **metrics}
+    return {"trial": trial.claimed.number, "state": state.name, "value": value, **metrics}

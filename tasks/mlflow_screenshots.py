@@ -9,43 +9,20 @@ ablation table (the `log_table` artifact) into `--out`.
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import quote
-
-import httpx
 
 from tasks import mlflow_runs
 from tasks.dvc_runs import absolute_tracking_uri
 from tasks.listening_page import find_chromium, take_screenshot
+from tasks.local_servers import free_port, wait_until_answering
 from tasks.params import load_params
 from tasks.tracking import tracking_uri
 
 HEIGHT, WIDTH = 1000, 1800  # wide enough for the ablation table's columns
 TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"mlflow ui exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"mlflow ui did not answer at {url}")
 
 
 def pages(ui: str, run) -> dict[str, str]:
@@ -80,13 +57,13 @@ def main() -> None:
     chromium = find_chromium()
     if chromium is None:
         raise SystemExit("no Chromium found (apt-get install chromium, or set $CHROMIUM)")
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         ui = f"http://127.0.0.1:{port}"
-        _wait(f"{ui}/health", server)
+        wait_until_answering(f"{ui}/health", 120, server, "mlflow ui")
         for name, url in pages(ui, parents[0]).items():
             path = args.out / f"{name}.png"
             take_screenshot(chromium, url, path, HEIGHT, TIMEOUT_S, width=WIDTH)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +14,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from tasks.local_servers import free_port, wait_until_answering
 
 # prefect_test_harness's 30 s is too tight on 2 cores (~25 s measured): wait longer.
 SERVER_START_SECONDS = 180
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -63,18 +56,6 @@ class Stack:
             " print(json.dumps({'state': r.state.name, 'message': r.state.message}))"
         )
         return json.loads(self.python(code).strip().splitlines()[-1])
-
-
-def _wait(url: str, process: subprocess.Popen, what: str, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log.read_text()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} did not come up in {SERVER_START_SECONDS} s:\n{log.read_text()}")
 
 
 def _deployments_served(stack: Stack, names: Sequence[str], serve: subprocess.Popen, log: Path):
@@ -118,7 +99,7 @@ def running(root: Path, env: dict[str, str], serve_arguments: Sequence[str]) -> 
             cwd=root, env=stack_env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        _wait(f"{api_url}/health", server, "prefect server", server_log)
+        wait_until_answering(f"{api_url}/health", SERVER_START_SECONDS, server, "prefect server")
         with serve_log.open("w") as log:
             serve = subprocess.Popen(
                 [sys.executable, "-m", "flows.serve", *serve_arguments],

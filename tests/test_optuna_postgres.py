@@ -19,9 +19,9 @@ import pytest
 from optuna.trial import TrialState
 
 from tasks import pruning, sweep
+from tasks.local_servers import free_port
 from tasks.params import Params
 from tests.conftest import REPO
-from tests.prefect_stack import free_port
 
 pytestmark = pytest.mark.slow
 

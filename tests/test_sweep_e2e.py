@@ -151,6 +151,34 @@ def test_a_killed_trial_is_recorded_failed_and_the_sweep_finishes_the_others(sta
     assert statuses.count("FAILED") == 1
 
 
+def test_table_deployment_runs_base_and_one_switch_over_two_seeds_in_process(stack):
+    """Table I's protocol on two seeds, its trials in the flow's own process
+    (`trial_deployment=null`): mean ± std per configuration, Δ against base, Welch's test."""
+    result = stack.prefect(
+        "deployment", "run", "ablation-table/local", "--param", "table_name=t1",
+        "--param", 'configurations=["beta_0.2"]', "--param", "seeds=[0, 1]",
+        "--param", "trial_deployment=null", "--watch",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = study(stack.root, "t1").trials
+    cells = sorted((t.user_attrs["configuration"], t.user_attrs["seed"]) for t in trials)
+    assert cells == [("base", 0), ("base", 1), ("beta_0.2", 0), ("beta_0.2", 1)]
+    assert all(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials)
+    client = mlflow.MlflowClient(f"sqlite:///{stack.root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    (parent,) = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.kind = 'table' and tags.study = 't1'"
+    )
+    table = json.loads(
+        Path(client.download_artifacts(parent.info.run_id, "ablations/table_one.json")).read_text()
+    )
+    rows = {row[0]: dict(zip(table["columns"], row, strict=True)) for row in table["data"]}
+    assert set(rows) == {"base", "beta_0.2"} and rows["beta_0.2"]["seeds"] == 2
+    assert rows["beta_0.2"]["clap_score_p"] is not None  # Welch's test over the two seeds
+    report = (stack.root / "reports" / "ablations" / "t1.md").read_text()
+    assert "Table I protocol" in report and "| beta_0.2 |" in report
+
+
 def _artifacts(stack, key: str) -> list[dict]:
     shown = stack.prefect("artifact", "inspect", key, "--output", "json", timeout=120)
     assert shown.returncode == 0, shown.stdout + shown.stderr
