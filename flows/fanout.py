@@ -1,11 +1,15 @@
-"""What the sweep and table flows share: the MLflow parent run, the trials fanned out to the
-work pool (or run in-process), the reconciliation of crashed trials, and the final report."""
+"""What the sweep and table flows share: the study and its MLflow parent run, the trials
+fanned out to the work pool (or run in-process), the reconciliation of crashed trials, and
+the final report.
+
+The two flows keep flat, separately declared parameters (budget, storage, deployment) rather
+than one shared model, so that each is a plain `--param key=value` on the command line."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from prefect import get_run_logger, task
@@ -17,6 +21,7 @@ from prefect.runtime import flow_run
 from flows.settings import tracking
 from flows.trial import ablation_trial
 from tasks import ablation_report, dvc_runs, mlflow_runs, sweep
+from tasks.params import Params
 
 POLL_SECONDS = 2.0
 
@@ -50,12 +55,29 @@ def require_reproduced(repo: Path) -> None:
         )
 
 
-@task
-def open_parent_run(repo: Path, study_name: str, kind: str, params: dict[str, Any]) -> str:
+def start_study(
+    repo: Path,
+    config: Params,
+    kind: Literal["sweep", "table"],
+    name: str,
+    storage: str,
+    fixed: dict[str, Any],
+    timeout_seconds: float | None,
+    sampler: tuple[str, int],
+    logged: dict[str, Any],
+) -> optuna.Study:
+    """The study's MLflow parent run (with `logged` as params), then the study itself,
+    created once before any trial; a study that can't be resumed fails its parent run."""
     uri, experiment = tracking(repo)
     client = mlflow_runs.client_for(uri)
-    tags = {"kind": kind, "study": study_name, "prefect.flow_run_id": str(flow_run.get_id())}
-    return mlflow_runs.start_run(client, experiment, f"{kind}-{study_name}", tags, params)
+    tags = {"kind": kind, "study": name, "prefect.flow_run_id": str(flow_run.get_id())}
+    parent = mlflow_runs.start_run(client, experiment, f"{kind}-{name}", tags, logged)
+    spec = sweep.study_spec(config, kind, parent, fixed, timeout_seconds)
+    try:
+        return sweep.create_study(storage, name, spec, *sampler)
+    except Exception:
+        client.set_terminated(parent, "FAILED")
+        raise
 
 
 def _run_in_process(count: int, study_name: str, storage: str, root: str) -> dict[str, str]:

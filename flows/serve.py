@@ -88,12 +88,21 @@ def deploy_trial(repo: Path) -> None:
 
 
 def start_workers(count: int, gpus: Sequence[str], log_dir: Path) -> list[subprocess.Popen]:
-    """`count` CPU workers, or one per GPU id in `gpus`; each runs one trial at a time."""
+    """`count` CPU workers, or one per GPU id in `gpus`; each runs one trial at a time.
+
+    The cores are split between them (OMP_NUM_THREADS, unless set): trials side by side
+    with a thread per core each would oversubscribe the CPU, and OpenMP's spin-waiting then
+    slows all of them several-fold."""
     slots = [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in gpus] or [{} for _ in range(count)]
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, len(slots))))
+    slots = [
+        {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads), **slot} for slot in slots
+    ]
     workers = []
     log_dir.mkdir(parents=True, exist_ok=True)
     for index, extra in enumerate(slots):
-        name = f"gpu-{extra['CUDA_VISIBLE_DEVICES']}" if extra else f"local-{index}"
+        gpu = extra.get("CUDA_VISIBLE_DEVICES")
+        name = f"gpu-{gpu}" if gpu is not None else f"local-{index}"
         command = [*PREFECT, "worker", "start", "--pool", WORK_POOL, "--limit", "1", "--name", name]
         with (log_dir / f"worker-{name}.log").open("a") as log:
             workers.append(

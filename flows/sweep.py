@@ -15,7 +15,7 @@ from prefect import flow
 
 from flows import fanout
 from flows.settings import TRIAL_DEPLOYMENT, params, repository, storage
-from tasks import dvc_runs, sweep
+from tasks import dvc_runs
 
 
 @flow(name="ablation-sweep", log_prints=True)
@@ -45,15 +45,15 @@ def ablation_sweep(
     fixed = fanout.budget_overrides(pretrain_steps, finetune_steps, training_seed, overrides)
     dvc_runs.check_overrides(repo, fixed)
     config = params(repo)
-    parent = fanout.open_parent_run(
-        repo, study_name, "sweep",
-        {"n_trials": n_trials, "sampler": config.ablation.sampler, "sampler_seed": sampler_seed,
-         "storage": url, "fixed_overrides": fixed,
-         "search_space": {k: v.model_dump() for k, v in config.ablation.search_space.items()}},
-    )  # fmt: skip
     timeout = trial_timeout_minutes * 60 if trial_timeout_minutes else None
-    spec = sweep.study_spec(config, "sweep", parent, fixed, timeout)
-    sweep.create_study(url, study_name, spec, config.ablation.sampler, sampler_seed)
+    space = {key: dimension.model_dump() for key, dimension in config.ablation.search_space.items()}
+    logged = {"n_trials": n_trials, "sampler": config.ablation.sampler,
+              "sampler_seed": sampler_seed, "storage": url, "fixed_overrides": fixed,
+              "search_space": space}  # fmt: skip
+    fanout.start_study(
+        repo, config, "sweep", study_name, url, fixed, timeout,
+        (config.ablation.sampler, sampler_seed), logged,
+    )  # fmt: skip
     ended: dict[str, str] = {}
     try:
         ended = fanout.run_trials(n_trials, trial_deployment, study_name, url, str(repo))

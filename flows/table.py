@@ -18,7 +18,6 @@ from prefect import flow
 from flows import fanout
 from flows.settings import TRIAL_DEPLOYMENT, params, repository, storage
 from tasks import dvc_runs, sweep
-from tasks.ablation_tables import BASE
 
 
 @flow(name="ablation-table", log_prints=True)
@@ -40,26 +39,18 @@ def ablation_table(
     fanout.require_reproduced(repo)
     config = params(repo)
     chosen = configurations or list(config.ablation.configurations)
-    unknown = sorted(set(chosen) - set(config.ablation.configurations))
-    if unknown:
-        raise ValueError(f"configurations {unknown} are not in params.yaml ablation.configurations")
     seeds = seeds if seeds is not None else [0, 1, 2]
     fixed = fanout.budget_overrides(pretrain_steps, finetune_steps, None, overrides)
-    cells = []
-    for name in (BASE, *chosen):
-        switch = {} if name == BASE else config.ablation.configurations[name]
-        for seed in seeds:
-            cell = {**config.ablation.base, **switch, "train.seed": seed}
-            dvc_runs.check_overrides(repo, {**fixed, **cell})  # every cell valid before any runs
-            cells.append((name, seed, cell))
-    parent = fanout.open_parent_run(
-        repo, table_name, "table",
-        {"configurations": chosen, "seeds": seeds, "storage": url, "fixed_overrides": fixed,
-         "base": config.ablation.base},
-    )  # fmt: skip
+    cells = sweep.table_cells(config.ablation, chosen, seeds)
+    for _, _, cell in cells:
+        dvc_runs.check_overrides(repo, {**fixed, **cell})  # every cell valid before any runs
     timeout = trial_timeout_minutes * 60 if trial_timeout_minutes else None
-    spec = sweep.study_spec(config, "table", parent, fixed, timeout)
-    study = sweep.create_study(url, table_name, spec, "random", 0)
+    logged = {"configurations": chosen, "seeds": seeds, "storage": url,
+              "fixed_overrides": fixed, "base": config.ablation.base}  # fmt: skip
+    # Cells are enqueued, not sampled: the sampler only has to exist.
+    study = fanout.start_study(
+        repo, config, "table", table_name, url, fixed, timeout, ("random", 0), logged
+    )
     queued = sweep.enqueue_cells(study, cells)
     print(f"table {table_name}: {len(queued)} of {len(cells)} cells to run")
     ended: dict[str, str] = {}

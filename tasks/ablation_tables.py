@@ -18,9 +18,8 @@ import pandas as pd
 from scipy import stats
 
 from tasks.pruning import PRUNED_ATTR
-from tasks.sweep import StudySpec
+from tasks.sweep import BASE, StudySpec
 
-BASE = "base"
 METRIC_PREFIX = "metric."
 TIMING_COLUMNS = ("trial_seconds", "stage_seconds", "training_seconds", "overhead_seconds")
 

@@ -24,7 +24,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from pydantic import BaseModel, ConfigDict
 
-from tasks.params import MetricSpec, Params, PrunerParams, SearchRange
+from tasks.params import AblationParams, MetricSpec, Params, PrunerParams, SearchRange
 from tasks.pruning import (
     SPEC_ATTR,
     make_pruner,
@@ -147,11 +147,29 @@ def load_study(storage: str, name: str) -> tuple[optuna.Study, StudySpec]:
 
 
 # --------------------------------------------------------------------------- trials
+BASE = "base"  # the Table I row with every switch off
+
+
 @dataclass(frozen=True)
 class ClaimedTrial:
     number: int
     overrides: dict[str, Any]  # dotted params key -> value, fixed overrides included
     label: str  # the DVC experiment name's suffix: t<N> or <configuration>-s<seed>
+
+
+def table_cells(
+    ablation: AblationParams, configurations: Sequence[str], seeds: Sequence[int]
+) -> list[tuple[str, int, dict[str, Any]]]:
+    """Paper 000 Table I's cells: (configuration, seed, overrides), base first; each
+    configuration's overrides go on top of base's, the seed is `train.seed`."""
+    unknown = sorted(set(configurations) - set(ablation.configurations))
+    if unknown:
+        raise ValueError(f"configurations {unknown} are not in params.yaml ablation.configurations")
+    cells = []
+    for name in (BASE, *configurations):
+        switch = {} if name == BASE else ablation.configurations[name]
+        cells += [(name, seed, {**ablation.base, **switch, "train.seed": seed}) for seed in seeds]
+    return cells
 
 
 def enqueue_cells(

@@ -147,3 +147,21 @@ def test_outcomes_and_orphaned_trials(tmp_path, params) -> None:
     states = [trial.state for trial in study.trials]
     assert states == [TrialState.RUNNING, TrialState.FAIL]
     assert "ended Crashed" in study.trials[dead.number].user_attrs["fail_reason"]
+
+
+def test_table_cells_put_each_switch_alone_on_top_of_base(params) -> None:
+    cells = sweep.table_cells(params.ablation, ["clap_repa_aggressive", "beta_2.0"], [0, 1])
+    assert [(name, seed) for name, seed, _ in cells] == [
+        ("base", 0), ("base", 1), ("clap_repa_aggressive", 0), ("clap_repa_aggressive", 1),
+        ("beta_2.0", 0), ("beta_2.0", 1),
+    ]  # fmt: skip
+    base = dict(params.ablation.base)
+    assert cells[1][2] == {**base, "train.seed": 1}
+    aggressive = cells[2][2]
+    assert aggressive["model.repa.clap.weight"] == 0.4
+    assert aggressive["model.repa.clap.time_weight_exponent"] == 4.0
+    assert aggressive["train.timestep.beta_lambda"] == 0.0  # inherited from base
+    assert cells[4][2]["train.timestep.beta_lambda"] == 2.0
+    assert cells[4][2]["model.repa.clap.weight"] == 0.0
+    with pytest.raises(ValueError, match="not in params.yaml"):
+        sweep.table_cells(params.ablation, ["beta_3.0"], [0])
