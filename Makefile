@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # dvc runs stage commands through the shell: put the venv first on PATH so `python` is ours.
 RUN := PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1
 
-.PHONY: setup run test test-fast lint bench listening-check serve worker mlflow-ui screenshots clean
+.PHONY: setup system-packages run test test-fast lint bench listening-check serve worker mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,12 +21,24 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+## system-packages: what the tests start besides Python, from Debian's packages when absent:
+# Chromium (the listening page and MLflow screenshots) and PostgreSQL (the Optuna storage test)
+system-packages:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	{ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } \
+		|| missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (apt-get)"; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
 ## run: the main job, the whole DAG on the embedded default profile
 run: setup
 	$(RUN) $(BIN)/dvc repro
 
 ## test: the full suite, slow end-to-end tests included (this is what CI runs)
-test: setup
+test: setup system-packages
 	$(RUN) $(BIN)/pytest
 
 test-fast: setup

@@ -37,7 +37,8 @@ def trials_table(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
         }
         if spec.kind == "table":
             row |= {"configuration": attrs.get("configuration"), "seed": attrs.get("seed")}
-        row |= {key: trial.params.get(key, math.nan) for key in spec.search_space}
+        else:
+            row |= {key: trial.params.get(key, math.nan) for key in spec.search_space}
         for name in spec.metrics:
             row[name] = attrs.get(f"{METRIC_PREFIX}{name}", row.get(name, math.nan))
         row |= {

@@ -163,5 +163,5 @@ def test_table_cells_put_each_switch_alone_on_top_of_base(params) -> None:
     assert aggressive["train.timestep.beta_lambda"] == 0.0  # inherited from base
     assert cells[4][2]["train.timestep.beta_lambda"] == 2.0
     assert cells[4][2]["model.repa.clap.weight"] == 0.0
-    with pytest.raises(ValueError, match="not in params.yaml"):
+    with pytest.raises(ValueError, match=r"not in params\.yaml"):
         sweep.table_cells(params.ablation, ["beta_3.0"], [0])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -151,13 +152,12 @@ def test_a_killed_trial_is_recorded_failed_and_the_sweep_finishes_the_others(sta
     assert statuses.count("FAILED") == 1
 
 
-def test_table_deployment_runs_base_and_one_switch_over_two_seeds_in_process(stack):
-    """Table I's protocol on two seeds, its trials in the flow's own process
-    (`trial_deployment=null`): mean ± std per configuration, Δ against base, Welch's test."""
+def test_table_deployment_runs_base_and_one_switch_over_two_seeds(stack):
+    """Table I's protocol on two seeds: mean ± std per configuration, Δ against base,
+    Welch's test, in MLflow and in reports/."""
     result = stack.prefect(
         "deployment", "run", "ablation-table/local", "--param", "table_name=t1",
-        "--param", 'configurations=["beta_0.2"]', "--param", "seeds=[0, 1]",
-        "--param", "trial_deployment=null", "--watch",
+        "--param", 'configurations=["beta_0.2"]', "--param", "seeds=[0, 1]", "--watch",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     trials = study(stack.root, "t1").trials
@@ -176,7 +176,8 @@ def test_table_deployment_runs_base_and_one_switch_over_two_seeds_in_process(sta
     assert set(rows) == {"base", "beta_0.2"} and rows["beta_0.2"]["seeds"] == 2
     assert rows["beta_0.2"]["clap_score_p"] is not None  # Welch's test over the two seeds
     report = (stack.root / "reports" / "ablations" / "t1.md").read_text()
-    assert "Table I protocol" in report and "| beta_0.2 |" in report
+    assert "Table I protocol" in report
+    assert re.search(r"^\| beta_0\.2 +\| +2 \| +0 \|", report, re.MULTILINE), report
 
 
 def _artifacts(stack, key: str) -> list[dict]:
