@@ -20,17 +20,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
-from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from pydantic import BaseModel, ConfigDict
 
 from tasks.params import AblationParams, MetricSpec, Params, PrunerParams, SearchRange
-from tasks.pruning import (
-    SPEC_ATTR,
-    make_pruner,
-    open_storage,
-    trial_by_number,
-)
+from tasks.pruning import SPEC_ATTR, make_pruner, open_storage, trial_by_number
+
+SAMPLER_ATTR = "sampler"  # the study's sampler name and seed (each trial rebuilds it)
 
 
 class StudySpec(BaseModel):
@@ -51,12 +47,6 @@ class StudySpec(BaseModel):
     @property
     def direction(self) -> str:
         return self.metrics[self.objective].direction
-
-    def distributions(self) -> dict[str, FloatDistribution]:
-        return {
-            key: FloatDistribution(space.low, space.high, log=space.log)
-            for key, space in self.search_space.items()
-        }
 
 
 def study_spec(
@@ -117,7 +107,7 @@ def create_study(
         )
     # A resumed study's new trials nest under this flow run's parent run.
     study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
-    study.set_user_attr("sampler", {"name": sampler, "seed": sampler_seed})
+    study.set_user_attr(SAMPLER_ATTR, {"name": sampler, "seed": sampler_seed})
     return study
 
 
@@ -133,14 +123,11 @@ def load_study(storage: str, name: str) -> tuple[optuna.Study, StudySpec]:
     if SPEC_ATTR not in probe.user_attrs:
         raise ValueError(f"study {name!r} in {storage} was not created by a sweep or table flow")
     spec = StudySpec.model_validate(probe.user_attrs[SPEC_ATTR])
-    sampler = probe.user_attrs.get("sampler", {"name": "tpe", "seed": 0})
-    # Each trial process builds its own sampler: seeded by the sweep's seed and the trials
-    # so far, so a sequential sweep is reproducible and no two claims draw the same point.
-    seed = sampler["seed"] + len(probe.get_trials(deepcopy=False))
+    sampler = probe.user_attrs.get(SAMPLER_ATTR, {"name": "tpe", "seed": 0})
     study = optuna.load_study(
         study_name=name,
         storage=backend,
-        sampler=make_sampler(sampler["name"], seed),
+        sampler=make_sampler(sampler["name"], sampler["seed"]),
         pruner=make_pruner(spec.pruner),
     )
     return study, spec
@@ -199,10 +186,18 @@ def claim_trial(
 ) -> ClaimedTrial:
     """Ask the storage for the next trial: a sampled point of the search space (sweep) or
     the oldest waiting cell (table). `attributes` (the flow run) go on the trial."""
-    trial = study.ask(spec.distributions() if spec.kind == "sweep" else None)
+    trial = study.ask()
     record_attributes(study, trial.number, attributes)
     if spec.kind == "sweep":
-        sampled = dict(trial.params)
+        # Every trial process builds its own sampler; seeded by the sweep's seed plus the
+        # trial's number (unique in the storage), a sequential sweep is reproducible and two
+        # workers claiming at the same moment never draw the same point.
+        sampler = study.user_attrs[SAMPLER_ATTR]
+        study.sampler = make_sampler(sampler["name"], sampler["seed"] + trial.number)
+        sampled = {
+            key: trial.suggest_float(key, space.low, space.high, log=space.log)
+            for key, space in spec.search_space.items()
+        }
         return ClaimedTrial(trial.number, {**spec.fixed_overrides, **sampled}, f"t{trial.number}")
     cell = trial.user_attrs.get("overrides")
     if cell is None:
