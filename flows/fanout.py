@@ -16,6 +16,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
 from flows.settings import tracking
@@ -80,17 +81,12 @@ def start_study(
         raise
 
 
-def _run_in_process(count: int, study_name: str, storage: str, root: str) -> dict[str, str]:
-    ended = {}
+def _run_in_process(count: int, study_name: str, storage: str, root: str) -> None:
     for _ in range(count):
-        state = ablation_trial(study_name, storage, root, return_state=True)
-        ended[str(state.state_details.flow_run_id or "")] = state.name
-    return ended
+        ablation_trial(study_name, storage, root, return_state=True)  # a failed trial goes on
 
 
-def _run_on_pool(
-    count: int, deployment: str, study_name: str, storage: str, root: str
-) -> dict[str, str]:
+def _run_on_pool(count: int, deployment: str, study_name: str, storage: str, root: str) -> None:
     """Create `count` trial flow runs at once; workers start them as they free up (each
     claims its trial then), so adding workers adds throughput. Waits for all to end."""
     logger = get_run_logger()
@@ -107,47 +103,62 @@ def _run_on_pool(
     ]
     logger.info("launched %d trial flow runs on %s", count, deployment)
     pending = {run.id for run in runs}
-    ended: dict[str, str] = {}
     with get_client(sync_client=True) as client:
         while pending:
             time.sleep(POLL_SECONDS)
             for run_id in list(pending):
                 state = client.read_flow_run(run_id).state
                 if state is not None and state.is_final():
-                    ended[str(run_id)] = state.name
                     pending.discard(run_id)
                     logger.info("trial flow run %s: %s", run_id, state.name)
-    return ended
 
 
 def run_trials(
     count: int, deployment: str | None, study_name: str, storage: str, root: str
-) -> dict[str, str]:
-    """Each trial as a flow run; returns {flow run id: final state name}."""
+) -> None:
+    """Each trial as a flow run, on the pool or (deployment None) in this process."""
     if count == 0:
-        return {}
+        return
     if deployment is None:
-        return _run_in_process(count, study_name, storage, root)
-    return _run_on_pool(count, deployment, study_name, storage, root)
+        _run_in_process(count, study_name, storage, root)
+    else:
+        _run_on_pool(count, deployment, study_name, storage, root)
+
+
+def ended_flow_runs(study: optuna.Study) -> dict[str, str]:
+    """{flow run id: final state} of the flow runs holding RUNNING trials that have ended:
+    a trial whose process was killed outright never told the study."""
+    running = [
+        trial.user_attrs.get("prefect_flow_run_id")
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    ]
+    ended = {}
+    with get_client(sync_client=True) as client:
+        for run_id in filter(None, running):
+            try:
+                state = client.read_flow_run(run_id).state
+            except ObjectNotFound:  # started against another Prefect server: not ours to judge
+                continue
+            if state is not None and state.is_final():
+                ended[run_id] = state.name
+    return ended
 
 
 @task
-def finish(
-    repo: Path,
-    storage: str,
-    study_name: str,
-    ended: dict[str, str],
-    configurations: list[str],
-) -> dict[str, Any]:
-    """Close trials whose flow run died before it could, then build and log the report."""
+def finish(repo: Path, storage: str, study_name: str, configurations: list[str]) -> dict[str, Any]:
+    """Close trials whose flow run died before it could (of this sweep or an earlier,
+    interrupted one), then build and log the report."""
     study, spec = sweep.load_study(storage, study_name)
-    failed = sweep.fail_orphaned_trials(
-        study, {run: state for run, state in ended.items() if state != "Completed"}
-    )
-    if failed:
-        get_run_logger().warning("trials %s: flow run ended before closing them", failed)
     uri, _ = tracking(repo)
     client = mlflow_runs.client_for(uri)
+    failed = sweep.fail_orphaned_trials(study, ended_flow_runs(study))
+    for number in failed:  # their MLflow runs were left RUNNING too
+        attrs = study.trials[number].user_attrs
+        if "mlflow_run_id" in attrs:
+            tags = {"fail_reason": attrs["fail_reason"]}
+            mlflow_runs.finish_trial_run(client, attrs["mlflow_run_id"], "FAIL", {}, tags, None)
+    if failed:
+        get_run_logger().warning("trials %s: flow run ended before closing them", failed)
     path, markdown = ablation_report.publish(study, spec, repo, client, configurations)
     create_markdown_artifact(markdown, key=f"ablations-{_artifact_key(study_name)}")
     client.set_terminated(spec.mlflow_parent_run_id, "FINISHED")

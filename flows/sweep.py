@@ -54,10 +54,9 @@ def ablation_sweep(
         repo, config, "sweep", study_name, url, fixed, timeout,
         (config.ablation.sampler, sampler_seed), logged,
     )  # fmt: skip
-    ended: dict[str, str] = {}
     try:
-        ended = fanout.run_trials(n_trials, trial_deployment, study_name, url, str(repo))
+        fanout.run_trials(n_trials, trial_deployment, study_name, url, str(repo))
     finally:
-        result = fanout.finish(repo, url, study_name, ended, [])
+        result = fanout.finish(repo, url, study_name, [])
     print(f"sweep {study_name}: {result['states']}, report {result['report']}")
     return result

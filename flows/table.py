@@ -53,10 +53,9 @@ def ablation_table(
     )
     queued = sweep.enqueue_cells(study, cells)
     print(f"table {table_name}: {len(queued)} of {len(cells)} cells to run")
-    ended: dict[str, str] = {}
     try:
-        ended = fanout.run_trials(len(queued), trial_deployment, table_name, url, str(repo))
+        fanout.run_trials(len(queued), trial_deployment, table_name, url, str(repo))
     finally:
-        result = fanout.finish(repo, url, table_name, ended, chosen)
+        result = fanout.finish(repo, url, table_name, chosen)
     print(f"table {table_name}: {result['states']}, report {result['report']}")
     return result
