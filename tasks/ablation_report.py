@@ -50,6 +50,30 @@ def summary_of(study: optuna.Study, spec: StudySpec, trials: pd.DataFrame) -> di
     return summary
 
 
+def summary_metrics(
+    study: optuna.Study, spec: StudySpec, trials: pd.DataFrame, table: pd.DataFrame | None
+) -> dict[str, float]:
+    """The parent run's metrics, so sweeps and tables compare in the MLflow runs list: trial
+    counts per state, the best objective (sweep) or each configuration's mean (table), and
+    the orchestration's share of the trials' wall time."""
+    counts = trials["state"].value_counts().to_dict() if len(trials) else {}
+    metrics = {f"trials_{state.lower()}": float(n) for state, n in counts.items()}
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if spec.kind == "sweep" and complete:
+        metrics[f"best_{spec.objective}"] = float(study.best_value)
+    if table is not None:
+        for name, mean in zip(table["configuration"], table[f"{spec.objective}_mean"], strict=True):
+            if pd.notna(mean):
+                metrics[f"{name}/{spec.objective}_mean"] = float(mean)
+    timed = trials.dropna(subset=["trial_seconds"]) if len(trials) else trials
+    if len(timed):
+        metrics["overhead_fraction"] = float(
+            timed["overhead_seconds"].sum() / timed["trial_seconds"].sum()
+        )
+        metrics["trial_seconds_mean"] = float(timed["trial_seconds"].mean())
+    return metrics
+
+
 def write_index(reports: Path) -> Path:
     studies = sorted(
         (reports / "ablations").glob("*.md"), key=lambda path: path.stat().st_mtime, reverse=True
@@ -96,6 +120,7 @@ def publish(
     for name, figure in figures.items():
         with atomic_path(folder / f"{study.study_name}_{name}.png") as tmp:
             figure.savefig(tmp, format="png", dpi=110)
-    mlflow_runs.log_report(client, spec.mlflow_parent_run_id, tables, files, figures)
+    metrics = summary_metrics(study, spec, trials, table)
+    mlflow_runs.log_report(client, spec.mlflow_parent_run_id, tables, files, figures, metrics)
     write_index(repo / REPORTS)
     return files["md"], markdown

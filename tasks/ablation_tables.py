@@ -17,7 +17,7 @@ import optuna
 import pandas as pd
 from scipy import stats
 
-from tasks.pruning import PRUNED_ATTR
+from tasks.pruning import PRUNED_ATTR, report_sign
 from tasks.sweep import BASE, StudySpec
 
 METRIC_PREFIX = "metric."
@@ -27,13 +27,19 @@ TIMING_COLUMNS = ("trial_seconds", "stage_seconds", "training_seconds", "overhea
 def trials_table(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
     """One row per trial: number, state, objective value, searched params, metrics, the step
     a pruned trial stopped at, why a failed one failed, its DVC experiment and MLflow run."""
-    rows = []
+    rows, sign = [], report_sign(study.direction)
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
+        pruned = trial.state == optuna.trial.TrialState.PRUNED
+        finished = trial.state == optuna.trial.TrialState.COMPLETE
+        # A pruned trial's `value` is Optuna's copy of its last intermediate value (a signed
+        # validation loss), not the objective: it goes to `pruned_val_loss`, unsigned.
+        pruned_step = attrs.get(PRUNED_ATTR, trial.last_step) if pruned else None
+        reported = trial.intermediate_values.get(pruned_step, math.nan)
         row = {
             "trial": trial.number,
             "state": trial.state.name,
-            spec.objective: trial.value if trial.value is not None else math.nan,
+            spec.objective: trial.value if finished and trial.value is not None else math.nan,
         }
         if spec.kind == "table":
             row |= {"configuration": attrs.get("configuration"), "seed": attrs.get("seed")}
@@ -42,9 +48,8 @@ def trials_table(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
         for name in spec.metrics:
             row[name] = attrs.get(f"{METRIC_PREFIX}{name}", row.get(name, math.nan))
         row |= {
-            "pruned_at_step": attrs.get(PRUNED_ATTR, trial.last_step)
-            if trial.state == optuna.trial.TrialState.PRUNED
-            else None,
+            "pruned_at_step": pruned_step,
+            "pruned_val_loss": sign * reported if pruned else math.nan,
             "fail_reason": attrs.get("fail_reason"),
             "dvc_experiment": attrs.get("dvc_experiment"),
             "mlflow_run_id": attrs.get("mlflow_run_id"),
@@ -54,7 +59,10 @@ def trials_table(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
         }
         row |= {column: attrs.get(column, math.nan) for column in TIMING_COLUMNS}
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if "pruned_at_step" in frame:  # a step count, not a float, where some trials have none
+        frame["pruned_at_step"] = frame["pruned_at_step"].astype("Int64")
+    return frame
 
 
 def _welch_p(sample: np.ndarray, base: np.ndarray) -> float:
@@ -91,7 +99,10 @@ def table_one(trials: pd.DataFrame, spec: StudySpec, configurations: Sequence[st
             row[f"{metric}_p"] = p_value
             row[f"{metric}_significant"] = bool(p_value < spec.significance_level)
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if "pruned_at_step" in frame:  # a step count, not a float, where some trials have none
+        frame["pruned_at_step"] = frame["pruned_at_step"].astype("Int64")
+    return frame
 
 
 # --------------------------------------------------------------------------- rendering
@@ -131,7 +142,7 @@ def trials_display(trials: pd.DataFrame) -> pd.DataFrame:
     for column in shown.columns:
         if pd.api.types.is_float_dtype(shown[column]):
             shown[column] = shown[column].map(_number)
-    return shown.fillna("")
+    return shown.astype(object).fillna("")  # object first: "" is no Int64 value
 
 
 def markdown_report(

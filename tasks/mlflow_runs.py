@@ -24,6 +24,8 @@ from matplotlib import pyplot
 from mlflow.entities import RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from tasks.tracking import EXPERIMENT_TAGS
+
 STATUS_OF_STATE = {
     "COMPLETE": RunStatus.to_string(RunStatus.FINISHED),
     "PRUNED": RunStatus.to_string(RunStatus.KILLED),
@@ -38,7 +40,7 @@ def client_for(tracking_uri: str) -> mlflow.MlflowClient:
 def experiment_id(client: mlflow.MlflowClient, name: str) -> str:
     """Create the experiment once, before trials fan out (concurrent creation races)."""
     found = client.get_experiment_by_name(name)
-    return found.experiment_id if found else client.create_experiment(name)
+    return found.experiment_id if found else client.create_experiment(name, tags=EXPERIMENT_TAGS)
 
 
 def start_run(
@@ -154,11 +156,18 @@ def log_report(
     tables: Mapping[str, pd.DataFrame],
     files: Mapping[str, Path],
     figures: Mapping[str, Any],
+    metrics: Mapping[str, float],
 ) -> None:
     """Tables with `log_table` (the MLflow UI's table view), the Markdown/HTML copies and the
-    figures as artifacts of the parent run. Called once per flow run: log_table appends."""
+    figures as artifacts of the parent run, `metrics` on it. Called once per flow run:
+    log_table appends."""
+    for key, value in metrics.items():
+        client.log_metric(parent_run_id, key, value)
     for name, table in tables.items():
-        client.log_table(parent_run_id, data=table, artifact_file=f"ablations/{name}.json")
+        # The UI's table view reads a dotted column name as a nested path and shows it
+        # empty (MLflow 3.x): `train.timestep.beta_lambda` is logged as `train/timestep/...`.
+        shown = table.rename(columns=lambda column: str(column).replace(".", "/"))
+        client.log_table(parent_run_id, data=shown, artifact_file=f"ablations/{name}.json")
     for path in files.values():
         client.log_artifact(parent_run_id, str(path), artifact_path="ablations")
     for name, figure in figures.items():

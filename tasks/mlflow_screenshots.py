@@ -27,12 +27,15 @@ TIMEOUT_S = 120
 
 def pages(ui: str, run) -> dict[str, str]:
     experiment, run_id = run.info.experiment_id, run.info.run_id
-    query = quote(f"tags.study = '{run.data.tags['study']}'")  # the parent and its trials
+    # The runs list shows the parent (its trial runs nested under it, collapsed: the parent's
+    # overview links them as its child runs)
+    study = quote(f"tags.study = '{run.data.tags['study']}'")
+    view = "workflowType=machine_learning"  # MLflow 3 opens in its GenAI view otherwise
     return {
-        "mlflow_runs": f"{ui}/#/experiments/{experiment}/runs?searchFilter={query}",
-        "mlflow_parent_run": f"{ui}/#/experiments/{experiment}/runs/{run_id}",
+        "mlflow_runs": f"{ui}/#/experiments/{experiment}/runs?{view}&searchFilter={study}",
+        "mlflow_parent_run": f"{ui}/#/experiments/{experiment}/runs/{run_id}?{view}",
         "mlflow_ablation_table": (
-            f"{ui}/#/experiments/{experiment}/runs/{run_id}/artifacts/ablations/trials.json"
+            f"{ui}/#/experiments/{experiment}/runs/{run_id}/artifacts/ablations/trials.json?{view}"
         ),
     }
 

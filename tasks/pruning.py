@@ -57,6 +57,12 @@ def trial_by_number(study: optuna.Study, number: int) -> optuna.Trial:
     return optuna.Trial(study, trial_id)
 
 
+def report_sign(direction: optuna.study.StudyDirection) -> float:
+    """The factor between a validation loss and the intermediate value reported for it (its
+    own inverse: it also turns a reported value back into the loss)."""
+    return -1.0 if direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+
+
 class PruningCallback:
     """A trainer ValidationCallback: report the validation loss to the trial, stop the run
     when the study's pruner says so. `step_offset` puts finetune after pretrain's steps.
@@ -67,8 +73,7 @@ class PruningCallback:
 
     def __init__(self, trial: optuna.Trial, step_offset: int) -> None:
         self.trial, self.step_offset = trial, step_offset
-        maximize = trial.study.direction == optuna.study.StudyDirection.MAXIMIZE
-        self.sign = -1.0 if maximize else 1.0
+        self.sign = report_sign(trial.study.direction)
 
     def __call__(self, step: int, validation_loss: float) -> None:
         global_step = self.step_offset + step

@@ -21,6 +21,9 @@ from tasks.params import TrackingParams, flatten
 
 PARENT_RUN_ENV = "TTM_MLFLOW_PARENT_RUN_ID"
 RUN_TAGS_ENV = "TTM_MLFLOW_TAGS"
+# MLflow 3 opens an experiment without this tag in its GenAI view (traces, judges); ours are
+# training runs, so the UI shows the runs table with params and metrics instead.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def tracking_uri(tracking: TrackingParams) -> str:
@@ -47,7 +50,10 @@ def stage_run(
 ) -> Iterator[mlflow.ActiveRun]:
     """Start a run named after the stage, tagged with it, with `params` logged flat."""
     mlflow.set_tracking_uri(tracking_uri(tracking))
-    mlflow.set_experiment(tracking.experiment)
+    experiment = mlflow.set_experiment(tracking.experiment)
+    for key, value in EXPERIMENT_TAGS.items():
+        if experiment.tags.get(key) != value:
+            mlflow.set_experiment_tag(key, value)
     tags = {**tags_from_environment(), "stage": stage}
     parent = os.environ.get(PARENT_RUN_ENV) or None
     with mlflow.start_run(run_name=stage, tags=tags, parent_run_id=parent) as run:

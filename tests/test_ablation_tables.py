@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 from scipy import stats
 
-from tasks import ablation_tables, pruning, sweep
+from tasks import ablation_report, ablation_tables, pruning, sweep
 from tasks.params import Params
 
 CELLS = {
@@ -82,6 +84,10 @@ def test_reports_render_both_tables(table_study) -> None:
     assert shown.loc[1, "Δ clap_score"].startswith("+0.0300*")
     html = ablation_tables.html_report("T", {"study": "t"}, {"table_one": shown})
     assert "<table" in html and "clap_repa_normal" in html
+    # the parent run's metrics: counts per state and each configuration's mean
+    metrics = ablation_report.summary_metrics(study, spec, trials, table)
+    assert metrics["clap_repa_normal/clap_score_mean"] == pytest.approx(0.305)
+    assert metrics["trials_fail"] >= 1 and "best_clap_score" not in metrics
 
 
 def test_sweep_table_has_the_searched_params(tmp_path, shipped_params) -> None:
@@ -96,4 +102,9 @@ def test_sweep_table_has_the_searched_params(tmp_path, shipped_params) -> None:
     trials = ablation_tables.trials_table(study, spec)
     assert set(params.ablation.search_space) <= set(trials.columns)
     assert trials.loc[0, "state"] == "PRUNED" and trials.loc[0, "pruned_at_step"] == 4
+    # Optuna gives a pruned trial its last intermediate value; the table keeps it out of the
+    # objective column and shows the loss, unsigned, and the step as an integer
+    assert study.trials[0].value == -1.2 and math.isnan(trials.loc[0, spec.objective])
+    assert trials.loc[0, "pruned_val_loss"] == 1.2
+    assert ablation_tables.trials_display(trials).loc[0, "pruned_at_step"] == 4
     assert isinstance(study, optuna.Study)

@@ -92,6 +92,9 @@ def test_sweep_deployment_runs_three_trials_end_to_end(stack):
         Path(client.download_artifacts(parent.info.run_id, "ablations/trials.json")).read_text()
     )
     assert len(table["data"]) == 3
+    # dotted param names would show empty in the UI's table view: logged with "/" instead
+    assert "train/timestep/beta_lambda" in table["columns"]
+    assert parent.data.metrics["trials_complete"] == 3 and "best_clap_score" in parent.data.metrics
     # each trial's stage runs nest under its child run
     stages = runs_of(stack.root, children[0].info.run_id)
     assert {run_.data.tags["stage"] for run_ in stages} == {"pretrain", "finetune", "evaluate"}

@@ -229,4 +229,7 @@ def test_a_sweep_trial_is_pruned_inside_the_stage(latent_workspace, tmp_path: Pa
     assert pruning.pruned_step(url, "prune", trial.number) == 4
     frozen = study.trials[trial.number]
     assert frozen.state == TrialState.RUNNING and list(frozen.intermediate_values) == [4]
+    # the loss went in negated (the study maximises); the trials table turns it back
+    assert frozen.intermediate_values[4] < 0
+    assert pruning.report_sign(study.direction) * frozen.intermediate_values[4] > 0
     assert not (root / "checkpoints/pretrain/model.safetensors").exists()
