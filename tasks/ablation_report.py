@@ -22,8 +22,17 @@ REPORTS = Path("reports")
 INDEX = "ablations.md"
 
 
+def _state_counts(trials: pd.DataFrame) -> dict[str, int]:
+    return trials["state"].value_counts().to_dict() if len(trials) else {}
+
+
+def _timed(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials that recorded their time split (a crashed flow run records none)."""
+    return trials.dropna(subset=["trial_seconds"]) if len(trials) else trials
+
+
 def summary_of(study: optuna.Study, spec: StudySpec, trials: pd.DataFrame) -> dict[str, object]:
-    counts = trials["state"].value_counts().to_dict() if len(trials) else {}
+    counts = _state_counts(trials)
     summary: dict[str, object] = {
         "study": study.study_name,
         "kind": spec.kind,
@@ -33,14 +42,10 @@ def summary_of(study: optuna.Study, spec: StudySpec, trials: pd.DataFrame) -> di
         "fixed overrides": spec.fixed_overrides or "none",
         "MLflow parent run": spec.mlflow_parent_run_id,
     }
-    if spec.kind == "sweep":
-        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if complete:
-            best = study.best_trial
-            summary["best trial"] = (
-                f"{best.number}: {spec.objective} {best.value:.4f}, {best.params}"
-            )
-    timed = trials.dropna(subset=["trial_seconds"]) if len(trials) else trials
+    if spec.kind == "sweep" and counts.get("COMPLETE"):
+        best = study.best_trial
+        summary["best trial"] = f"{best.number}: {spec.objective} {best.value:.4f}, {best.params}"
+    timed = _timed(trials)
     if len(timed):
         overhead = timed["overhead_seconds"].sum() / timed["trial_seconds"].sum()
         summary["orchestration overhead"] = (
@@ -56,16 +61,14 @@ def summary_metrics(
     """The parent run's metrics, so sweeps and tables compare in the MLflow runs list: trial
     counts per state, the best objective (sweep) or each configuration's mean (table), and
     the orchestration's share of the trials' wall time."""
-    counts = trials["state"].value_counts().to_dict() if len(trials) else {}
-    metrics = {f"trials_{state.lower()}": float(n) for state, n in counts.items()}
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if spec.kind == "sweep" and complete:
+    metrics = {f"trials_{state.lower()}": float(n) for state, n in _state_counts(trials).items()}
+    if spec.kind == "sweep" and "trials_complete" in metrics:
         metrics[f"best_{spec.objective}"] = float(study.best_value)
     if table is not None:
         for name, mean in zip(table["configuration"], table[f"{spec.objective}_mean"], strict=True):
             if pd.notna(mean):
                 metrics[f"{name}/{spec.objective}_mean"] = float(mean)
-    timed = trials.dropna(subset=["trial_seconds"]) if len(trials) else trials
+    timed = _timed(trials)
     if len(timed):
         metrics["overhead_fraction"] = float(
             timed["overhead_seconds"].sum() / timed["trial_seconds"].sum()

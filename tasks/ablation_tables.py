@@ -99,10 +99,7 @@ def table_one(trials: pd.DataFrame, spec: StudySpec, configurations: Sequence[st
             row[f"{metric}_p"] = p_value
             row[f"{metric}_significant"] = bool(p_value < spec.significance_level)
         rows.append(row)
-    frame = pd.DataFrame(rows)
-    if "pruned_at_step" in frame:  # a step count, not a float, where some trials have none
-        frame["pruned_at_step"] = frame["pruned_at_step"].astype("Int64")
-    return frame
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- rendering
