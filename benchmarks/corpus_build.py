@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tasks.corpus import build_corpus
+from tasks.corpus.stage import build_corpus
 from tasks.params import Params, merge, read_yaml
 
 

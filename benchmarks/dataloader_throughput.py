@@ -6,7 +6,7 @@ samples/s with 0 and 2 workers, timed after warm-up batches, then the cache's si
 hour of audio. Without a cache at the root it builds a synthetic one in a temporary
 directory with the embedded profile's shapes (`SyntheticShapes`). `write_synthetic_cache`
 is also the tests' cache and a worked example of the stage-side contract of
-tasks/latent_store.py: prepare, skip done shards, write shards, indexes, stats, manifest.
+tasks/latents/store.py: prepare, skip done shards, write shards, indexes, stats, manifest.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from tasks.atomic import write_parquet
-from tasks.dataset import LatentDataset, collate
-from tasks.latent_store import (
+from tasks.common.atomic import write_parquet
+from tasks.latents.dataset import LatentDataset, collate
+from tasks.latents.store import (
     MANIFEST,
     SEGMENT_INDEX,
     SEGMENTS,

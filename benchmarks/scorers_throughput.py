@@ -29,8 +29,8 @@ from models.scorers import (
 )
 from tasks.backends.base import stack_clips
 from tasks.backends.embedded import load_checkpoint
+from tasks.common.score_cache import BatchFunction, CachedScorer, ScoreCache
 from tasks.params import Params, load_params
-from tasks.score_cache import BatchFunction, CachedScorer, ScoreCache
 
 TEXT_INPUT_DIM = 384  # MiniLM-L6's sentence embedding (unused here: audio only)
 

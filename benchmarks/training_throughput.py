@@ -40,10 +40,10 @@ from models.fluxaudio import PRESETS, FluxAudio, FluxAudioConfig, trainable_para
 from models.objective import FlowMatchingModel, ObjectiveConfig, TrainingBatch
 from models.repa import ProjectionHead
 from models.sampling import function_evaluations, guided, solve
-from tasks.generation import velocity_of
-from tasks.model_factory import CacheShapes, backbone_config, build_model, objective_config
+from tasks.common.generation import velocity_of
 from tasks.params import Params, load_params
-from tasks.trainer import build_optimizer
+from tasks.train.loop import build_optimizer
+from tasks.train.model_factory import CacheShapes, backbone_config, build_model, objective_config
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PEAK_SIZE = {"cpu": 2048, "cuda": 8192}  # large enough to reach the plateau of each device
@@ -177,7 +177,7 @@ def random_batch(bench: Bench, device: torch.device, generator: torch.Generator)
 
 # --------------------------------------------------------------------------- training
 def training_step(bench: Bench, run: Run) -> Callable[[], None]:
-    """One step as tasks/trainer.py takes it: loss under autocast, backward, clip, AdamW."""
+    """One step as tasks/train/loop.py takes it: loss under autocast, backward, clip, AdamW."""
     model = bench.model.to(run.device).train()
     optimizer, scheduler = build_optimizer(model, run.params.train.optim)
     grad_clip = run.params.train.optim.grad_clip
@@ -265,7 +265,7 @@ def report_training(bench: Bench, run: Run, peak: float) -> None:
 
 # --------------------------------------------------------------------------- sampling
 def report_sampling(bench: Bench, run: Run, frame_rate: int) -> None:
-    """Latents only: guided Euler from noise, as tasks/generation.py samples them."""
+    """Latents only: guided Euler from noise, as tasks/common/generation.py samples them."""
     backbone = bench.model.backbone.to(run.device).eval()
     s, sample = bench.shapes, run.params.sample
     generator = torch.Generator().manual_seed(run.seed)

@@ -19,9 +19,9 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
+from flows import ablation_report, dvc_runs, mlflow_runs, studies
 from flows.settings import tracking
 from flows.trial import ablation_trial
-from tasks import ablation_report, dvc_runs, mlflow_runs, sweep
 from tasks.params import Params
 
 POLL_SECONDS = 2.0
@@ -73,9 +73,9 @@ def start_study(
     client = mlflow_runs.client_for(uri)
     tags = {"kind": kind, "study": name, "prefect.flow_run_id": str(flow_run.get_id())}
     parent = mlflow_runs.start_run(client, experiment, f"{kind}-{name}", tags, logged)
-    spec = sweep.study_spec(config, kind, parent, fixed, timeout_seconds)
+    spec = studies.study_spec(config, kind, parent, fixed, timeout_seconds)
     try:
-        return sweep.create_study(storage, name, spec, *sampler)
+        return studies.create_study(storage, name, spec, *sampler)
     except Exception:
         client.set_terminated(parent, "FAILED")
         raise
@@ -148,10 +148,10 @@ def ended_flow_runs(study: optuna.Study) -> dict[str, str]:
 def finish(repo: Path, storage: str, study_name: str, configurations: list[str]) -> dict[str, Any]:
     """Close trials whose flow run died before it could (of this sweep or an earlier,
     interrupted one), then build and log the report."""
-    study, spec = sweep.load_study(storage, study_name)
+    study, spec = studies.load_study(storage, study_name)
     uri, _ = tracking(repo)
     client = mlflow_runs.client_for(uri)
-    failed = sweep.fail_orphaned_trials(study, ended_flow_runs(study))
+    failed = studies.fail_orphaned_trials(study, ended_flow_runs(study))
     for number in failed:  # their MLflow runs were left RUNNING too
         attrs = study.trials[number].user_attrs
         if "mlflow_run_id" in attrs:

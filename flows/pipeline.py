@@ -15,9 +15,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 
+from flows import dvc_runs, mlflow_runs
 from flows.settings import repository, tracking
-from tasks import dvc_runs, mlflow_runs
-from tasks.tracking import RUN_TAGS_ENV
+from tasks.common.tracking import RUN_TAGS_ENV
 
 
 class StageFailed(RuntimeError):

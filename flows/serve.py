@@ -30,12 +30,12 @@ from prefect.exceptions import ObjectAlreadyExists
 from prefect.settings import PREFECT_API_URL
 from prefect.workers.process import ProcessWorker
 
+from flows.local_servers import answers, wait_until_answering
 from flows.pipeline import pipeline
 from flows.settings import WORK_POOL, repository
 from flows.sweep import ablation_sweep
 from flows.table import ablation_table
 from flows.trial import ablation_trial
-from tasks.local_servers import answers, wait_until_answering
 
 PREFECT = [sys.executable, "-m", "prefect"]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tasks.dvc_runs import absolute_tracking_uri
+from flows.dvc_runs import absolute_tracking_uri
+from flows.studies import default_storage
+from tasks.common.tracking import tracking_uri
 from tasks.params import Params, load_params
-from tasks.sweep import default_storage
-from tasks.tracking import tracking_uri
 
 # Where `make serve` registers the pool deployment and where workers poll for trials.
 WORK_POOL = "ttm-trials"

@@ -13,9 +13,8 @@ from typing import Any
 
 from prefect import flow
 
-from flows import fanout
+from flows import dvc_runs, fanout
 from flows.settings import TRIAL_DEPLOYMENT, params, repository, storage
-from tasks import dvc_runs
 
 
 @flow(name="ablation-sweep", log_prints=True)

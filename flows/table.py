@@ -15,9 +15,8 @@ from typing import Any
 
 from prefect import flow
 
-from flows import fanout
+from flows import dvc_runs, fanout, studies
 from flows.settings import TRIAL_DEPLOYMENT, params, repository, storage
-from tasks import dvc_runs, sweep
 
 
 @flow(name="ablation-table", log_prints=True)
@@ -41,7 +40,7 @@ def ablation_table(
     chosen = configurations or list(config.ablation.configurations)
     seeds = seeds if seeds is not None else [0, 1, 2]
     fixed = fanout.budget_overrides(pretrain_steps, finetune_steps, None, overrides)
-    cells = sweep.table_cells(config.ablation, chosen, seeds)
+    cells = studies.table_cells(config.ablation, chosen, seeds)
     for _, _, cell in cells:
         dvc_runs.check_overrides(repo, {**fixed, **cell})  # every cell valid before any runs
     timeout = trial_timeout_minutes * 60 if trial_timeout_minutes else None
@@ -51,7 +50,7 @@ def ablation_table(
     study = fanout.start_study(
         repo, config, "table", table_name, url, fixed, timeout, ("random", 0), logged
     )
-    queued = sweep.enqueue_cells(study, cells)
+    queued = studies.enqueue_cells(study, cells)
     print(f"table {table_name}: {len(queued)} of {len(cells)} cells to run")
     try:
         fanout.run_trials(len(queued), trial_deployment, table_name, url, str(repo))

@@ -21,10 +21,11 @@ from optuna.trial import TrialState
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
+from flows import dvc_runs, mlflow_runs, studies
 from flows.settings import repository, tracking
-from tasks import dvc_runs, mlflow_runs, pruning, sweep
+from tasks.common.tracking import PARENT_RUN_ENV, RUN_TAGS_ENV
 from tasks.params import ParamsError
-from tasks.tracking import PARENT_RUN_ENV, RUN_TAGS_ENV
+from tasks.train import pruning
 
 
 class TrialFailed(RuntimeError):
@@ -32,21 +33,21 @@ class TrialFailed(RuntimeError):
 
 
 @task
-def claim(storage: str, study_name: str) -> tuple[sweep.ClaimedTrial, sweep.StudySpec]:
-    study, spec = sweep.load_study(storage, study_name)
+def claim(storage: str, study_name: str) -> tuple[studies.ClaimedTrial, studies.StudySpec]:
+    study, spec = studies.load_study(storage, study_name)
     where = {
         "prefect_flow_run_id": str(flow_run.get_id()),
         "host": socket.gethostname(),
         # the worker's GPU (one worker per GPU): which device this trial trained on
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
     }
-    return sweep.claim_trial(study, spec, where), spec
+    return studies.claim_trial(study, spec, where), spec
 
 
 @task
 def run_experiment(
     repo: Path, name: str, overrides: dict, environment: dict[str, str], log_path: Path,
-    spec: sweep.StudySpec,
+    spec: studies.StudySpec,
 ) -> tuple[dvc_runs.DvcResult, dict[str, float]]:  # fmt: skip
     result = dvc_runs.run_experiment(
         repo, name, overrides, environment, log_path, spec.trial_timeout_seconds
@@ -63,8 +64,8 @@ class TrialRun:
     repo: Path
     storage: str
     study: optuna.Study
-    spec: sweep.StudySpec
-    claimed: sweep.ClaimedTrial
+    spec: studies.StudySpec
+    claimed: studies.ClaimedTrial
     name: str  # the DVC experiment and the MLflow run: <study>-t<N> or <study>-<cell>-s<seed>
     tracking_uri: str
     experiment: str
@@ -77,7 +78,7 @@ class TrialRun:
 
 def open_trial(repo: Path, storage: str, study_name: str) -> TrialRun:
     claimed, spec = claim(storage, study_name)
-    study, _ = sweep.load_study(storage, study_name)
+    study, _ = studies.load_study(storage, study_name)
     name = f"{study_name}-{claimed.label}"
     uri, experiment = tracking(repo)
     tags = {"kind": f"{spec.kind}-trial", "study": study_name, "optuna.trial": str(claimed.number),
@@ -86,7 +87,7 @@ def open_trial(repo: Path, storage: str, study_name: str) -> TrialRun:
         mlflow_runs.client_for(uri), experiment, name, tags, claimed.overrides,
         spec.mlflow_parent_run_id,
     )  # fmt: skip
-    sweep.record_attributes(
+    studies.record_attributes(
         study, claimed.number, {"dvc_experiment": name, "mlflow_run_id": run_id}
     )
     return TrialRun(repo, storage, study, spec, claimed, name, uri, experiment, run_id)
@@ -116,13 +117,13 @@ def close(trial: TrialRun, succeeded: bool, metrics: dict, reason: str, seconds:
     """Record the outcome, the time split and the reason on the trial and its MLflow run."""
     number = trial.claimed.number
     pruned = pruning.pruned_step(trial.storage, trial.study.study_name, number)
-    state, value, reason = sweep.trial_outcome(succeeded, reason, metrics, trial.spec, pruned)
+    state, value, reason = studies.trial_outcome(succeeded, reason, metrics, trial.spec, pruned)
     client = mlflow_runs.client_for(trial.tracking_uri)
     timings = mlflow_runs.stage_timings(client, trial.experiment, trial.mlflow_run_id)
     timings["trial_seconds"] = seconds
     timings["overhead_seconds"] = seconds - timings["stage_seconds"]
-    sweep.record_attributes(trial.study, number, timings)
-    sweep.close_trial(trial.study, number, state, value, metrics, reason)
+    studies.record_attributes(trial.study, number, timings)
+    studies.close_trial(trial.study, number, state, value, metrics, reason)
     tags = {"fail_reason": reason} if reason else {}
     if pruned is not None:
         tags["pruned_at_step"] = str(pruned)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from models.flow import (
+from models.flow_matching import (
     TimestepLaw,
     flow_matching_loss,
     interpolate,

@@ -82,7 +82,8 @@ def inside_workspace(root: Path) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def curated_workspace(shipped_params: dict, tmp_path_factory) -> tuple[Path, dict]:
     """(directory, raw params) after corpus + curate on random scorers; copy it to use it."""
-    from tasks import corpus, curate
+    from tasks.corpus import stage as corpus
+    from tasks.curate import stage as curate
     from tests.test_curate import save_random_scorers
 
     root = tmp_path_factory.mktemp("curated")
@@ -129,7 +130,8 @@ def latent_workspace(curated_workspace, tmp_path_factory) -> tuple[Path, dict]:
 
     import yaml
 
-    from tasks import captions, latents
+    from tasks.captions import stage as captions
+    from tasks.latents import stage as latents
 
     source, raw = curated_workspace
     root = tmp_path_factory.mktemp("latents")
@@ -149,7 +151,7 @@ def trained_workspace(latent_workspace, tmp_path_factory) -> tuple[Path, dict]:
     to use it."""
     import shutil
 
-    from tasks import training_stage
+    from tasks.train import stage as training_stage
 
     source, raw = latent_workspace
     root = tmp_path_factory.mktemp("trained")

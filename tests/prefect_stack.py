@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.local_servers import free_port, wait_until_answering
+from flows.local_servers import free_port, wait_until_answering
 
 # prefect_test_harness's 30 s is too tight on 2 cores (~25 s measured): wait longer.
 SERVER_START_SECONDS = 180

@@ -10,8 +10,9 @@ import pytest
 from optuna.trial import TrialState
 from scipy import stats
 
-from tasks import ablation_report, ablation_tables, pruning, sweep
+from flows import ablation_report, ablation_tables, studies
 from tasks.params import Params
+from tasks.train import pruning
 
 CELLS = {
     "base": [0.270, 0.275, 0.280],
@@ -23,20 +24,20 @@ CELLS = {
 @pytest.fixture
 def table_study(tmp_path, shipped_params):
     params = Params.from_mapping(shipped_params)
-    spec = sweep.study_spec(params, "table", "p" * 32, {}, None)
+    spec = studies.study_spec(params, "table", "p" * 32, {}, None)
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = sweep.create_study(url, "t", spec, "random", 0)
+    study = studies.create_study(url, "t", spec, "random", 0)
     cells = [(name, seed, {"train.seed": seed}) for name in CELLS for seed in range(3)]
-    sweep.enqueue_cells(study, cells)
+    studies.enqueue_cells(study, cells)
     for name, values in CELLS.items():
         for value in values:
-            claimed = sweep.claim_trial(study, spec, {})
+            claimed = studies.claim_trial(study, spec, {})
             assert claimed.label.startswith(name)
             metrics = {"clap_score": value, "fad_clap": 1.0 - value}
-            sweep.close_trial(study, claimed.number, TrialState.COMPLETE, value, metrics, None)
-    sweep.enqueue_cells(study, [("muq_repa", 0, {"train.seed": 0})])
-    killed = sweep.claim_trial(study, spec, {})
-    sweep.close_trial(study, killed.number, TrialState.FAIL, None, {}, "stage pretrain killed")
+            studies.close_trial(study, claimed.number, TrialState.COMPLETE, value, metrics, None)
+    studies.enqueue_cells(study, [("muq_repa", 0, {"train.seed": 0})])
+    killed = studies.claim_trial(study, spec, {})
+    studies.close_trial(study, killed.number, TrialState.FAIL, None, {}, "stage pretrain killed")
     return study, spec
 
 
@@ -92,9 +93,9 @@ def test_reports_render_both_tables(table_study) -> None:
 
 def test_sweep_table_has_the_searched_params(tmp_path, shipped_params) -> None:
     params = Params.from_mapping(shipped_params)
-    spec = sweep.study_spec(params, "sweep", "p" * 32, {}, None)
-    study = sweep.create_study(f"sqlite:///{tmp_path / 'o.db'}", "s", spec, "tpe", 0)
-    claimed = sweep.claim_trial(study, spec, {})
+    spec = studies.study_spec(params, "sweep", "p" * 32, {}, None)
+    study = studies.create_study(f"sqlite:///{tmp_path / 'o.db'}", "s", spec, "tpe", 0)
+    claimed = studies.claim_trial(study, spec, {})
     trial = pruning.trial_by_number(study, claimed.number)
     trial.report(-1.2, 4)
     trial.set_user_attr(pruning.PRUNED_ATTR, 4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.caption_refinement import (
+from tasks.captions.refinement import (
     GENERATED_REDUNDANT,
     KEEP_ORIGINAL,
     MERGE,

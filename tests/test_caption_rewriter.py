@@ -1,4 +1,4 @@
-"""tasks/caption_llm.py and tasks/backends/rewriter.py: the LLM protocol and its backends.
+"""tasks/backends/caption_llm.py and tasks/backends/rewriter.py: the LLM protocol and its backends.
 
 A scripted fake `ChatModel` drives parsing, validation, retry-in-halves and per-caption
 fallback; the real `transformers` backend loads a tiny random Qwen2 with a ChatML template
@@ -16,13 +16,7 @@ import numpy as np
 import pytest
 
 from tasks.backends.base import BackendUnavailable, RewriterBackend
-from tasks.backends.rewriter import (
-    EmbeddedRewriter,
-    LlmRewriter,
-    TransformersChat,
-    load_rewriter,
-)
-from tasks.caption_llm import (
+from tasks.backends.caption_llm import (
     INSTRUCTION_IN_CAPTION,
     MERGE_PROMPT,
     REWRITE_PROMPT,
@@ -34,7 +28,13 @@ from tasks.caption_llm import (
     rewrite_all,
     rewrite_conversation,
 )
-from tasks.caption_text import concise_rewrite, embedded_merge, forbidden_terms
+from tasks.backends.rewriter import (
+    EmbeddedRewriter,
+    LlmRewriter,
+    TransformersChat,
+    load_rewriter,
+)
+from tasks.common.caption_text import concise_rewrite, embedded_merge, forbidden_terms
 from tasks.params import BackendChoice, CaptionParams, Params
 from tests.tiny_models import save_tiny_chat_lm
 

@@ -1,4 +1,4 @@
-"""tasks/caption_text.py on every caption of a generated corpus (no audio is rendered).
+"""tasks/common/caption_text.py on every caption of a generated corpus (no audio is rendered).
 
 `mentions` must be exact against each caption's claims (the captions stage measures
 attribute accuracy with it); `forbidden_terms` must find every low-level attribute a dense
@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from tasks.caption_text import (
+from tasks.common.caption_text import (
     NEUTRAL_CAPTION,
     Mentions,
     concise_rewrite,
@@ -24,9 +24,9 @@ from tasks.caption_text import (
     mentions,
     split_sentences,
 )
-from tasks.corpus import plan_caption_noise, sample_specs, write_captions
 from tasks.params import Params
 from tasks.synthesis.captions import _salient
+from tasks.synthesis.plan import plan_caption_noise, sample_specs, write_captions
 from tasks.synthesis.vocabulary import chord_name, roman_numeral
 
 STYLES = ("caption_holistic", "caption_dense", "prompt_concise")

@@ -41,7 +41,7 @@ from tasks.backends.captioner import (
 )
 from tasks.backends.embedded import EmbeddedClap
 from tasks.backends.text_encoder import HfTextEncoder
-from tasks.caption_text import mentions
+from tasks.common.caption_text import mentions
 from tasks.params import BackendChoice, CaptionParams, Params
 from tasks.synthesis.vocabulary import GENRES, INSTRUMENT_WORDS, MOOD_WORDS, tempo_band
 from tests.tiny_models import save_tiny_qwen2_audio, tiny_word_tokenizer

@@ -11,15 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import captions
-from tasks.caption_refinement import (
+from tasks.captions import stage as captions
+from tasks.captions.refinement import (
     DECISIONS,
     KEEP_ORIGINAL,
     MERGE,
     RefinementThresholds,
     decide,
 )
-from tasks.caption_text import forbidden_terms
+from tasks.common.caption_text import forbidden_terms
 from tasks.params import Params
 
 pytestmark = pytest.mark.slow

@@ -14,8 +14,10 @@ import pytest
 import soundfile as sf
 import yaml
 
-from tasks import corpus, schema
-from tasks.atomic import atomic_directory
+from tasks.common import schema
+from tasks.common.atomic import atomic_directory
+from tasks.corpus import stage as corpus
+from tasks.synthesis import plan
 from tasks.synthesis.arrangement import render
 from tasks.synthesis.captions import instruments_of
 from tasks.synthesis.degradation import snr_db
@@ -126,7 +128,7 @@ def test_caption_wording_varies(built):
 def test_degraded_tracks_have_lower_snr_than_clean_ones(built, tiny_params):
     """Re-render each track clean from its spec and compare with the stored file."""
     result, root = built
-    specs = {s.track_id: s for s in corpus.sample_specs(tiny_params.data, tiny_params.seed)}
+    specs = {s.track_id: s for s in plan.sample_specs(tiny_params.data, tiny_params.seed)}
     snr: dict[str, list[float]] = {"clean": [], "degraded": []}
     for row in result.tracks.itertuples():
         stored, _ = sf.read(root / row.audio_path, dtype="float32")

@@ -21,12 +21,15 @@ from models.scorers import (
     TinyClap,
     TinyClapConfig,
 )
-from tasks import corpus, curate, curation_report, schema
 from tasks.backends.embedded import save_checkpoint
-from tasks.metrics import roc_auc
-from tasks.params import Params
-from tasks.score_cache import CachedScorer, ScoreCache
-from tasks.segments import (
+from tasks.common import schema
+from tasks.common.rank_metrics import roc_auc
+from tasks.common.schema import SEGMENT_COLUMNS
+from tasks.common.score_cache import CachedScorer, ScoreCache
+from tasks.corpus import stage as corpus
+from tasks.curate import report as curation_report
+from tasks.curate import stage as curate
+from tasks.curate.segments import (
     DROPPED_LOW,
     DROPPED_SURPLUS,
     HIGH,
@@ -35,7 +38,6 @@ from tasks.segments import (
     LOW,
     MEDIUM,
     REJECTED_SILENT,
-    SEGMENT_COLUMNS,
     Thresholds,
     add_normalised_score,
     assign_tiers,
@@ -44,6 +46,7 @@ from tasks.segments import (
     normalise_scores,
     select_track,
 )
+from tasks.params import Params
 from tests.conftest import TINY_DATA, params_with
 
 RATE = 16000

@@ -17,8 +17,8 @@ from benchmarks.dataloader_throughput import (
     synthetic_text_shard,
     write_synthetic_cache,
 )
-from tasks.dataset import LatentDataset, collate, spectrogram_view
-from tasks.latent_store import SEGMENT_INDEX, shard_ranges
+from tasks.latents.dataset import LatentDataset, collate, spectrogram_view
+from tasks.latents.store import SEGMENT_INDEX, shard_ranges
 
 SHAPES = SyntheticShapes(
     segments=40,

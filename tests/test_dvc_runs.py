@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import dvc_runs
+from flows import dvc_runs
 from tasks.params import ParamsError
 from tests.conftest import REPO
 

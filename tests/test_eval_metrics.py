@@ -1,4 +1,4 @@
-"""Known cases and power checks for tasks/evaluation/ (seeded, CPU, a few seconds)."""
+"""Known cases and power checks for tasks/evaluate/metrics/ (seeded, CPU, a few seconds)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import pytest
 import torch
 from scipy import linalg, special
 
-from tasks.evaluation import frechet
-from tasks.evaluation.attributes import (
+from tasks.evaluate.metrics import frechet
+from tasks.evaluate.metrics.attributes import (
     set_precision_recall,
     tempo_accuracy,
     tempo_hits,
     top1_accuracy,
 )
-from tasks.evaluation.bootstrap import bootstrap, bootstrap_mean
-from tasks.evaluation.distributions import (
+from tasks.evaluate.metrics.bootstrap import bootstrap, bootstrap_mean
+from tasks.evaluate.metrics.distributions import (
     audioldm_kl,
     clap_score,
     inception_score,
@@ -25,7 +25,7 @@ from tasks.evaluation.distributions import (
     paired_cosine,
     paired_kl,
 )
-from tasks.evaluation.frechet import (
+from tasks.evaluate.metrics.frechet import (
     GaussianStatsAccumulator,
     fad,
     fad_infinity_fit,
@@ -406,7 +406,7 @@ def test_set_precision_recall_is_micro_averaged() -> None:
 
 
 def test_frechet_to_reference_matches_fad_and_is_reused() -> None:
-    from tasks.evaluation.frechet import FrechetToReference
+    from tasks.evaluate.metrics.frechet import FrechetToReference
 
     rng = np.random.default_rng(3)
     reference = rng.normal(size=(80, 24)) @ rng.normal(size=(24, 24))

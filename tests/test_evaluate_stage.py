@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tasks.eval_inputs import (
+from tasks.common.generation import level_prefix
+from tasks.evaluate.inputs import (
     AudioFile,
     folder_reference_files,
     read_reference,
     tsv_prompts,
     window_starts,
 )
-from tasks.generation import level_prefix
 from tasks.params import Params, merge
 from tests.conftest import inside_workspace
 
@@ -88,8 +88,8 @@ EVALUATE = {"evaluate": {"generations_per_prompt": 2, "bootstrap_resamples": 200
 
 @pytest.mark.slow
 def test_evaluate_writes_every_report_and_reproduces_them(trained_workspace, tmp_path) -> None:
-    from tasks import evaluate
-    from tasks.eval_report import write_reports
+    from tasks.evaluate import stage as evaluate
+    from tasks.evaluate.report import write_reports
 
     source, raw = trained_workspace
     params = Params.from_mapping(merge(raw, EVALUATE))
@@ -130,7 +130,7 @@ def test_evaluate_writes_every_report_and_reproduces_them(trained_workspace, tmp
     wavs = sorted((reports / "listening/audio").glob("*.wav"))
     assert page.exists() and len(wavs) >= 2 * prompts
     assert page.read_text().count("<audio") == len(wavs)
-    from tasks.listening_page import check_page, find_chromium
+    from tasks.evaluate.listening_page import check_page, find_chromium
 
     if find_chromium() is None:
         if os.environ.get("CI"):

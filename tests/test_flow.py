@@ -12,7 +12,7 @@ from scipy.integrate import trapezoid
 from scipy.special import logit
 from scipy.stats import kstest, norm
 
-from models.flow import (
+from models.flow_matching import (
     beta_alpha,
     beta_cdf,
     beta_density,

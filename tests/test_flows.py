@@ -8,8 +8,8 @@ import pytest
 from prefect.states import Failed
 
 from flows import fanout, pipeline
+from flows.dvc_runs import DvcResult
 from flows.settings import repository, storage
-from tasks.dvc_runs import DvcResult
 from tests.conftest import REPO
 
 

@@ -13,8 +13,8 @@ from models.fluxaudio import PRESETS, FluxAudio, FluxAudioConfig, trainable_para
 from models.masking import masked_positions, random_keep_indices
 from models.objective import ObjectiveConfig, RepaTerm, TrainingBatch, training_loss
 from models.repa import clap_alignment_loss
-from tasks.model_factory import CacheShapes, backbone_config, build_model
 from tasks.params import Params, merge, read_yaml
+from tasks.train.model_factory import CacheShapes, backbone_config, build_model
 from tests.conftest import REPO
 
 TINY = FluxAudioConfig(

@@ -11,7 +11,7 @@ import torch
 
 from models.fluxaudio import FluxAudio
 from tasks.backends.mel_codec import Mel25Codec
-from tasks.generation import generate_audio, generate_latents, quality_levels
+from tasks.common.generation import generate_audio, generate_latents, quality_levels
 from tasks.params import Params, SampleParams, merge, read_yaml
 from tests.conftest import REPO
 from tests.test_fluxaudio import TINY, randomised

@@ -1,4 +1,4 @@
-"""tasks/ingest.py on a tiny dataset in the ATTM / MTG-Jamendo layout (REFERENCE.md §B.1)."""
+"""tasks/corpus/ingest.py on a tiny dataset in the ATTM / MTG-Jamendo layout (REFERENCE.md §B.1)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from tasks import schema
-from tasks.ingest import IngestResult, assign_ids, ingest_dataset, load_captions, numeric_id
+from tasks.common import schema
+from tasks.common.schema import numeric_id
+from tasks.corpus.ingest import IngestResult, assign_ids, ingest_dataset, load_captions
 from tasks.params import CaptionSource, DataParams, Params, merge, read_yaml
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"

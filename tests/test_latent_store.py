@@ -14,8 +14,8 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
-from tasks import latent_store
-from tasks.latent_store import (
+from tasks.latents import store as latent_store
+from tasks.latents.store import (
     MANIFEST,
     SEGMENTS,
     ShardedTable,

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from tasks.listening_page import (
+from tasks.evaluate.listening_page import (
     Clip,
     PromptEntry,
     check_page,

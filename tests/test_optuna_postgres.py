@@ -18,9 +18,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tasks import pruning, sweep
-from tasks.local_servers import free_port
+from flows import studies
+from flows.local_servers import free_port
 from tasks.params import Params
+from tasks.train import pruning
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -66,26 +67,27 @@ def postgres_server() -> Iterator[str]:
 WORKER = """
 import sys
 from optuna.trial import TrialState
-from tasks import pruning, sweep
+from tasks.train import pruning
+from flows import studies
 url, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 for _ in range(count):
-    study, spec = sweep.load_study(url, name)
-    claimed = sweep.claim_trial(study, spec, {"host": "worker"})
+    study, spec = studies.load_study(url, name)
+    claimed = studies.claim_trial(study, spec, {"host": "worker"})
     callback = pruning.PruningCallback(pruning.trial_by_number(study, claimed.number), 0)
     for step in (4, 8):
         callback(step, 1.0 + claimed.overrides["train.timestep.beta_lambda"])
     value = -claimed.overrides["model.repa.clap.weight"]
     metrics = {"clap_score": value}
-    sweep.close_trial(study, claimed.number, TrialState.COMPLETE, value, metrics, None)
+    studies.close_trial(study, claimed.number, TrialState.COMPLETE, value, metrics, None)
 """
 
 
 def test_two_workers_share_one_study_on_postgresql(shipped_params) -> None:
     params = Params.from_mapping(shipped_params)
-    spec = sweep.study_spec(params, "sweep", "p" * 32, {}, None)
+    spec = studies.study_spec(params, "sweep", "p" * 32, {}, None)
     spec = spec.model_copy(update={"pruner": spec.pruner.model_copy(update={"name": "none"})})
     with postgres_server() as url:
-        sweep.create_study(url, "shared", spec, "tpe", 0)  # once, before the workers start
+        studies.create_study(url, "shared", spec, "tpe", 0)  # once, before the workers start
         workers = [
             subprocess.Popen([sys.executable, "-c", WORKER, url, "shared", "3"], cwd=REPO)
             for _ in range(2)

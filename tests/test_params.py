@@ -14,7 +14,7 @@ import pytest
 import yaml
 from dvc.utils.hydra import apply_overrides
 
-from tasks.overlays import dvc_set_arguments, stack
+from flows.overlays import dvc_set_arguments, stack
 from tasks.params import ParamsError, load_params, load_stage_params, merge
 from tests.conftest import REPO, params_with
 

@@ -18,16 +18,17 @@ from models.scorers import (
     TinyClap,
     TinyClapConfig,
 )
-from tasks import corpus, scorers
 from tasks.backends.base import BackendUnavailable, ClapBackend, resample
 from tasks.backends.clap import load_clap
 from tasks.backends.embedded import save_checkpoint
 from tasks.backends.frame_teacher import load_frame_teacher
 from tasks.backends.quality import load_quality
-from tasks.metrics import recall_at_k, roc_auc, spearman
+from tasks.common.quality_levels import level_centre, moments, quality_level, quality_prefix
+from tasks.common.rank_metrics import recall_at_k, roc_auc, spearman
+from tasks.corpus import stage as corpus
 from tasks.params import BackendChoice, ClapChoice, ScorerOptim
-from tasks.quality_levels import level_centre, moments, quality_level, quality_prefix
-from tasks.scorer_training import train_clap, train_quality
+from tasks.scorers import stage as scorers
+from tasks.scorers.training import train_clap, train_quality
 from tests.conftest import TINY_DATA, TINY_SCORERS, params_with
 
 MEL = MelConfig(sample_rate=16000, n_mels=16, frame_rate=25)

@@ -6,8 +6,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tasks import pruning, sweep
+from flows import studies
 from tasks.params import Params, PrunerParams
+from tasks.train import pruning
 
 PARENT = "0123456789abcdef0123456789abcdef"
 
@@ -21,42 +22,42 @@ def storage_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'optuna.db'}"
 
 
-def spec_for(params: Params, kind: str = "sweep", **changes) -> sweep.StudySpec:
-    spec = sweep.study_spec(params, kind, PARENT, {"train.optim.steps": 8}, None)
+def spec_for(params: Params, kind: str = "sweep", **changes) -> studies.StudySpec:
+    spec = studies.study_spec(params, kind, PARENT, {"train.optim.steps": 8}, None)
     return spec.model_copy(update=changes)
 
 
 def test_storage_urls_and_journal_files(tmp_path) -> None:
     assert isinstance(pruning.open_storage(storage_url(tmp_path)), optuna.storages.RDBStorage)
-    journal = pruning.open_storage(str(tmp_path / "sweep.log"))
+    journal = pruning.open_storage(str(tmp_path / "study.log"))
     assert isinstance(journal, optuna.storages.JournalStorage)
     with pytest.raises(ValueError, match="SQLAlchemy URL"):
         pruning.open_storage("optuna.db")
-    assert sweep.default_storage(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'optuna.db'}"
+    assert studies.default_storage(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'optuna.db'}"
 
 
 def test_a_study_carries_its_spec_and_refuses_another_under_its_name(tmp_path, params) -> None:
     url, spec = storage_url(tmp_path), spec_for(params)
-    sweep.create_study(url, "s", spec, "tpe", 0)
-    loaded, stored = sweep.load_study(url, "s")
+    studies.create_study(url, "s", spec, "tpe", 0)
+    loaded, stored = studies.load_study(url, "s")
     assert stored == spec and loaded.direction == optuna.study.StudyDirection.MAXIMIZE
     resumed = spec.model_copy(update={"mlflow_parent_run_id": "f" * 32})
-    sweep.create_study(url, "s", resumed, "tpe", 0)  # a new parent run: resumes
-    assert sweep.load_study(url, "s")[1].mlflow_parent_run_id == "f" * 32
+    studies.create_study(url, "s", resumed, "tpe", 0)  # a new parent run: resumes
+    assert studies.load_study(url, "s")[1].mlflow_parent_run_id == "f" * 32
     with pytest.raises(ValueError, match="another specification"):
-        sweep.create_study(url, "s", spec.model_copy(update={"objective": "fad_clap"}), "tpe", 0)
+        studies.create_study(url, "s", spec.model_copy(update={"objective": "fad_clap"}), "tpe", 0)
 
 
 def test_sweep_trials_sample_the_space_reproducibly_and_carry_fixed_overrides(
     tmp_path, params
 ) -> None:
     def claim_three(url: str) -> list[dict]:
-        sweep.create_study(url, "s", spec_for(params), "tpe", 7)
+        studies.create_study(url, "s", spec_for(params), "tpe", 7)
         claimed = []
         for _ in range(3):
-            study, spec = sweep.load_study(url, "s")  # one process per trial
-            trial = sweep.claim_trial(study, spec, {"host": "here"})
-            sweep.close_trial(
+            study, spec = studies.load_study(url, "s")  # one process per trial
+            trial = studies.claim_trial(study, spec, {"host": "here"})
+            studies.close_trial(
                 study, trial.number, TrialState.COMPLETE, 0.1 * trial.number, {}, None
             )
             claimed.append(trial.overrides)
@@ -75,22 +76,22 @@ def test_sweep_trials_sample_the_space_reproducibly_and_carry_fixed_overrides(
 
 def test_table_cells_are_enqueued_once_and_claimed_in_order(tmp_path, params) -> None:
     url = storage_url(tmp_path)
-    study = sweep.create_study(url, "t", spec_for(params, "table"), "random", 0)
+    study = studies.create_study(url, "t", spec_for(params, "table"), "random", 0)
     cells = [("base", 0, {"train.seed": 0}), ("beta_0.2", 0, {"train.seed": 0, "x": 1})]
-    assert sweep.enqueue_cells(study, cells) == [("base", 0), ("beta_0.2", 0)]
-    assert sweep.enqueue_cells(study, cells) == []  # waiting: not enqueued twice
-    study, spec = sweep.load_study(url, "t")
-    first = sweep.claim_trial(study, spec, {})
+    assert studies.enqueue_cells(study, cells) == [("base", 0), ("beta_0.2", 0)]
+    assert studies.enqueue_cells(study, cells) == []  # waiting: not enqueued twice
+    study, spec = studies.load_study(url, "t")
+    first = studies.claim_trial(study, spec, {})
     assert first.label == "base-s0"
     assert first.overrides == {"train.optim.steps": 8, "train.seed": 0}
-    sweep.close_trial(study, first.number, TrialState.FAIL, None, {}, "boom")
-    second = sweep.claim_trial(study, spec, {})
-    sweep.close_trial(study, second.number, TrialState.COMPLETE, 0.5, {"clap_score": 0.5}, None)
+    studies.close_trial(study, first.number, TrialState.FAIL, None, {}, "boom")
+    second = studies.claim_trial(study, spec, {})
+    studies.close_trial(study, second.number, TrialState.COMPLETE, 0.5, {"clap_score": 0.5}, None)
     # a rerun enqueues only the failed cell again; an extra claim finds nothing to run
-    assert sweep.enqueue_cells(study, cells) == [("base", 0)]
-    sweep.claim_trial(study, spec, {})
+    assert studies.enqueue_cells(study, cells) == [("base", 0)]
+    studies.claim_trial(study, spec, {})
     with pytest.raises(LookupError, match="no waiting table cell"):
-        sweep.claim_trial(study, spec, {})
+        studies.claim_trial(study, spec, {})
     assert study.trials[-1].state == TrialState.FAIL
 
 
@@ -99,7 +100,7 @@ def test_pruning_callback_reports_and_stops_a_trial_worse_than_the_median(
 ) -> None:
     url = storage_url(tmp_path)
     pruner = PrunerParams(name="median", startup_trials=1, warmup_steps=0)
-    study = sweep.create_study(url, "p", spec_for(params, pruner=pruner), "tpe", 0)
+    study = studies.create_study(url, "p", spec_for(params, pruner=pruner), "tpe", 0)
     good = study.ask()
     for step, loss in ((4, 1.0), (8, 0.5)):
         good.report(-loss, step)  # a maximised study: losses are reported negated
@@ -121,7 +122,7 @@ def test_pruning_callback_reports_and_stops_a_trial_worse_than_the_median(
 
 def test_finetune_steps_follow_pretrain_steps(tmp_path, params) -> None:
     url = storage_url(tmp_path)
-    study = sweep.create_study(url, "o", spec_for(params), "tpe", 0)
+    study = studies.create_study(url, "o", spec_for(params), "tpe", 0)
     trial = study.ask()
     pruning.PruningCallback(pruning.trial_by_number(study, trial.number), step_offset=600)(50, 1.0)
     assert study.trials[0].intermediate_values == {650: -1.0}  # maximised: negated
@@ -129,28 +130,28 @@ def test_finetune_steps_follow_pretrain_steps(tmp_path, params) -> None:
 
 def test_outcomes_and_orphaned_trials(tmp_path, params) -> None:
     spec = spec_for(params)
-    assert sweep.trial_outcome(True, "", {"clap_score": 0.3}, spec, None) == (
+    assert studies.trial_outcome(True, "", {"clap_score": 0.3}, spec, None) == (
         TrialState.COMPLETE, 0.3, None,
     )  # fmt: skip
-    state, _, reason = sweep.trial_outcome(True, "", {"fad_clap": 1.0}, spec, None)
+    state, _, reason = studies.trial_outcome(True, "", {"fad_clap": 1.0}, spec, None)
     assert state == TrialState.FAIL and "clap_score missing" in reason
-    assert sweep.trial_outcome(False, "killed", {}, spec, 8)[0] == TrialState.PRUNED
-    assert sweep.trial_outcome(False, "killed", {}, spec, None) == (
+    assert studies.trial_outcome(False, "killed", {}, spec, 8)[0] == TrialState.PRUNED
+    assert studies.trial_outcome(False, "killed", {}, spec, None) == (
         TrialState.FAIL, None, "killed",
     )  # fmt: skip
     url = storage_url(tmp_path)
-    study = sweep.create_study(url, "c", spec, "tpe", 0)
+    study = studies.create_study(url, "c", spec, "tpe", 0)
     alive, dead = study.ask(), study.ask()
-    sweep.record_attributes(study, alive.number, {"prefect_flow_run_id": "run-a"})
-    sweep.record_attributes(study, dead.number, {"prefect_flow_run_id": "run-b"})
-    assert sweep.fail_orphaned_trials(study, {"run-b": "Crashed"}) == [dead.number]
+    studies.record_attributes(study, alive.number, {"prefect_flow_run_id": "run-a"})
+    studies.record_attributes(study, dead.number, {"prefect_flow_run_id": "run-b"})
+    assert studies.fail_orphaned_trials(study, {"run-b": "Crashed"}) == [dead.number]
     states = [trial.state for trial in study.trials]
     assert states == [TrialState.RUNNING, TrialState.FAIL]
     assert "ended Crashed" in study.trials[dead.number].user_attrs["fail_reason"]
 
 
 def test_table_cells_put_each_switch_alone_on_top_of_base(params) -> None:
-    cells = sweep.table_cells(params.ablation, ["clap_repa_aggressive", "beta_2.0"], [0, 1])
+    cells = studies.table_cells(params.ablation, ["clap_repa_aggressive", "beta_2.0"], [0, 1])
     assert [(name, seed) for name, seed, _ in cells] == [
         ("base", 0), ("base", 1), ("clap_repa_aggressive", 0), ("clap_repa_aggressive", 1),
         ("beta_2.0", 0), ("beta_2.0", 1),
@@ -164,4 +165,4 @@ def test_table_cells_put_each_switch_alone_on_top_of_base(params) -> None:
     assert cells[4][2]["train.timestep.beta_lambda"] == 2.0
     assert cells[4][2]["model.repa.clap.weight"] == 0.0
     with pytest.raises(ValueError, match=r"not in params\.yaml"):
-        sweep.table_cells(params.ablation, ["beta_3.0"], [0])
+        studies.table_cells(params.ablation, ["beta_3.0"], [0])

@@ -8,12 +8,15 @@ import json
 import mlflow
 import pytest
 
-from tasks import mlflow_runs
+from flows import mlflow_runs
+from tasks.common.tracking import PARENT_RUN_ENV, RUN_TAGS_ENV, stage_run
 from tasks.params import TrackingParams
-from tasks.tracking import PARENT_RUN_ENV, RUN_TAGS_ENV, stage_run
+from tasks.params.tracked import tracked_keys
 
 
-def test_stage_runs_nest_under_the_trial_run_and_are_found_again(tmp_path, monkeypatch) -> None:
+def test_stage_runs_nest_under_the_trial_run_and_are_found_again(
+    tmp_path, monkeypatch, tiny_params
+) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = mlflow_runs.client_for(uri)
@@ -22,14 +25,19 @@ def test_stage_runs_nest_under_the_trial_run_and_are_found_again(tmp_path, monke
     monkeypatch.setenv(PARENT_RUN_ENV, trial)
     monkeypatch.setenv(RUN_TAGS_ENV, json.dumps({"prefect.flow_run_id": "fr-1"}))
     tracking = TrackingParams(mlflow_tracking_uri="ignored", experiment="exp")
+    params = tiny_params.model_copy(update={"tracking": tracking})
     for stage in ("pretrain", "finetune"):
-        with stage_run(tracking, stage, {"seed": 1}):
+        with stage_run(params, stage):
             mlflow.log_metric("wall_seconds", 2.5)
     (child,) = mlflow_runs.child_runs(client, "exp", parent)
     assert child.info.run_id == trial and child.data.params["x"] == "0.5"
     stages = mlflow_runs.child_runs(client, "exp", trial)
     assert {run.data.tags["stage"] for run in stages} == {"pretrain", "finetune"}
     assert {run.data.tags["prefect.flow_run_id"] for run in stages} == {"fr-1"}
+    for run in stages:  # what dvc.yaml declares for the stage, flattened
+        logged = {key.split(".")[0] for key in run.data.params}
+        declared = {key.split(".")[0] for key in tracked_keys(run.data.tags["stage"])}
+        assert logged == declared and "train.optim.learning_rate" in run.data.params
     found = mlflow_runs.latest_stage_run(client, "exp", "finetune", "fr-1")
     assert found is not None and found.data.tags["stage"] == "finetune"
     assert mlflow_runs.latest_stage_run(client, "exp", "finetune", "another-run") is None
@@ -42,9 +50,10 @@ def test_stage_runs_nest_under_the_trial_run_and_are_found_again(tmp_path, monke
     assert client.get_run(trial).info.status == "KILLED"
 
 
-def test_bad_tags_in_the_environment_fail_clearly(tmp_path, monkeypatch) -> None:
+def test_bad_tags_in_the_environment_fail_clearly(tmp_path, monkeypatch, tiny_params) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv(RUN_TAGS_ENV, "not json")
     tracking = TrackingParams(mlflow_tracking_uri="ignored", experiment="exp")
-    with pytest.raises(ValueError, match="TTM_MLFLOW_TAGS"), stage_run(tracking, "x", {}):
+    params = tiny_params.model_copy(update={"tracking": tracking})
+    with pytest.raises(ValueError, match="TTM_MLFLOW_TAGS"), stage_run(params, "corpus"):
         pass

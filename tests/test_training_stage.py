@@ -17,10 +17,11 @@ import torch
 from safetensors.torch import load_file
 
 from models.objective import LossTerms
-from tasks import checkpoints, training_stage
-from tasks.batch_plan import BatchPlan, quality_acceptance
 from tasks.params import OptimParams, Params, merge
-from tasks.trainer import check_finite, learning_rate_factor
+from tasks.train import checkpoints
+from tasks.train import stage as training_stage
+from tasks.train.batch_plan import BatchPlan, quality_acceptance
+from tasks.train.loop import check_finite, learning_rate_factor
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -138,7 +139,7 @@ def test_pretrain_then_finetune(latent_workspace, tmp_path: Path) -> None:
 
 KILLABLE_RUN = """
 import os, signal, sys
-from tasks import training_stage
+from tasks.train import stage as training_stage
 from tasks.params import load_stage_params
 
 kill_at = int(sys.argv[1])
@@ -206,16 +207,17 @@ def test_a_sweep_trial_is_pruned_inside_the_stage(latent_workspace, tmp_path: Pa
     when the median pruner says so, recording the step for the trial's runner."""
     from optuna.trial import TrialState
 
-    from tasks import pruning, sweep
+    from flows import studies
     from tasks.params import PrunerParams
+    from tasks.train import pruning
 
     root, params = _workspace(latent_workspace, tmp_path / "ws")
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     pruner = PrunerParams(name="median", startup_trials=1, warmup_steps=0)
-    spec = sweep.study_spec(params, "sweep", "p" * 32, {}, None).model_copy(
+    spec = studies.study_spec(params, "sweep", "p" * 32, {}, None).model_copy(
         update={"pruner": pruner}
     )
-    study = sweep.create_study(url, "prune", spec, "tpe", 0)
+    study = studies.create_study(url, "prune", spec, "tpe", 0)
     excellent = study.ask()
     for step in (4, 8, 12):
         excellent.report(-0.01, step)  # a loss of 0.01 (maximised study: negated)

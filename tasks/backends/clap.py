@@ -268,3 +268,9 @@ def _hf(choice: BackendChoice, key: str) -> ClapBackend:
 
 def load_clap(choice: BackendChoice) -> ClapBackend:
     return CLAP_BACKENDS.load(choice)
+
+
+def text_embeddings(clap: ClapBackend, captions: list[str], batch_size: int) -> np.ndarray:
+    return np.concatenate(
+        [clap.embed_text(captions[i : i + batch_size]) for i in range(0, len(captions), batch_size)]
+    )

@@ -24,9 +24,9 @@ from models.scorers import (
     TinyClap,
     TinyClapConfig,
 )
-from tasks.atomic import atomic_directory
 from tasks.backends.base import require_path, stack_clips
 from tasks.backends.text_encoder import HfTextEncoder, load_minilm
+from tasks.common.atomic import atomic_directory
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

@@ -1,9 +1,9 @@
 """Rewriter backends: caption rewriting (paper 000 §II-B) and merging (paper 003 §4.3).
 
-- `embedded`: the deterministic text functions of tasks/caption_text.py, no model;
+- `embedded`: the deterministic text functions of tasks/common/caption_text.py, no model;
 - `transformers`: a local instruction-tuned chat LLM (`backends.rewriter.path`, a
   save_pretrained directory with a chat template) behind the LLM protocol of
-  tasks/caption_llm.py, greedy decoding so that a rerun writes the same captions.
+  tasks/backends/caption_llm.py, greedy decoding so that a rerun writes the same captions.
 
 A registry loader reads the checkpoint; `load_rewriter` then binds the `captions` params
 section and the seed. A missing checkpoint raises BackendUnavailable naming the key.
@@ -22,8 +22,8 @@ from tasks.backends.base import (
     require_package,
     require_path,
 )
-from tasks.caption_llm import ChatModel, content_rng, merge_all, rewrite_all
-from tasks.caption_text import concise_rewrite, embedded_merge
+from tasks.backends.caption_llm import ChatModel, content_rng, merge_all, rewrite_all
+from tasks.common.caption_text import concise_rewrite, embedded_merge
 from tasks.params import BackendChoice, CaptionParams
 
 RewriterFactory = Callable[[CaptionParams, int], RewriterBackend]

@@ -5,7 +5,7 @@ Unknown keys, wrong types and out-of-range values fail at load time with a messa
 names the dotted key (`train.timestep.beta_lambda: ...`), never deep inside a stage.
 
 Overlay files (params/*.yaml) hold only the keys that differ from params.yaml, e.g. the
-paper-scale configurations; `python -m tasks.params overrides FILE...` prints them, stacked
+paper-scale configurations; `python -m flows.overlays overrides FILE...` prints them, stacked
 in order, as `-S key=value` arguments for `dvc exp run`, and `check FILE...` validates.
 """
 

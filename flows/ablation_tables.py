@@ -1,0 +1,188 @@
+"""The tables a sweep or an ablation table ends with, from its Optuna study (pandas).
+
+`trials_table`: every trial, whatever its state, with its overrides, metrics, pruning step,
+failure reason and timing. `table_one`: paper 000 Table I's protocol, base then each switch
+alone, every metric as mean ± std over seeds with its delta against base and Welch's
+two-sided t-test (unequal variances) of the configuration's seeds against base's.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import optuna
+import pandas as pd
+from scipy import stats
+
+from flows.studies import BASE, StudySpec
+from tasks.train.pruning import PRUNED_ATTR, report_sign
+
+METRIC_PREFIX = "metric."
+TIMING_COLUMNS = ("trial_seconds", "stage_seconds", "training_seconds", "overhead_seconds")
+
+
+def trials_table(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
+    """One row per trial: number, state, objective value, searched params, metrics, the step
+    a pruned trial stopped at, why a failed one failed, its DVC experiment and MLflow run."""
+    rows, sign = [], report_sign(study.direction)
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        pruned = trial.state == optuna.trial.TrialState.PRUNED
+        finished = trial.state == optuna.trial.TrialState.COMPLETE
+        # A pruned trial's `value` is Optuna's copy of its last intermediate value (a signed
+        # validation loss), not the objective: it goes to `pruned_val_loss`, unsigned.
+        pruned_step = attrs.get(PRUNED_ATTR, trial.last_step) if pruned else None
+        reported = trial.intermediate_values.get(pruned_step, math.nan)
+        row = {
+            "trial": trial.number,
+            "state": trial.state.name,
+            spec.objective: trial.value if finished and trial.value is not None else math.nan,
+        }
+        if spec.kind == "table":
+            row |= {"configuration": attrs.get("configuration"), "seed": attrs.get("seed")}
+        else:
+            row |= {key: trial.params.get(key, math.nan) for key in spec.search_space}
+        for name in spec.metrics:
+            row[name] = attrs.get(f"{METRIC_PREFIX}{name}", row.get(name, math.nan))
+        row |= {
+            "pruned_at_step": pruned_step,
+            "pruned_val_loss": sign * reported if pruned else math.nan,
+            "fail_reason": attrs.get("fail_reason"),
+            "dvc_experiment": attrs.get("dvc_experiment"),
+            "mlflow_run_id": attrs.get("mlflow_run_id"),
+            "prefect_flow_run_id": attrs.get("prefect_flow_run_id"),
+            "host": attrs.get("host"),
+            "cuda_visible_devices": attrs.get("cuda_visible_devices"),
+        }
+        row |= {column: attrs.get(column, math.nan) for column in TIMING_COLUMNS}
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if "pruned_at_step" in frame:  # a step count, not a float, where some trials have none
+        frame["pruned_at_step"] = frame["pruned_at_step"].astype("Int64")
+    return frame
+
+
+def _welch_p(sample: np.ndarray, base: np.ndarray) -> float:
+    if len(sample) < 2 or len(base) < 2:
+        return math.nan  # a variance needs two seeds on each side
+    if np.ptp(sample) == 0 and np.ptp(base) == 0:
+        return 0.0 if sample[0] != base[0] else 1.0
+    return float(stats.ttest_ind(sample, base, equal_var=False).pvalue)
+
+
+def table_one(trials: pd.DataFrame, spec: StudySpec, configurations: Sequence[str]) -> pd.DataFrame:
+    """Rows base, then `configurations` in order; per metric: mean, std, delta vs base, p."""
+    complete = trials[trials["state"] == "COMPLETE"]
+    base = complete[complete["configuration"] == BASE]
+    rows = []
+    for name in (BASE, *configurations):
+        mine = complete[complete["configuration"] == name]
+        cells = trials[trials["configuration"] == name]
+        row: dict[str, object] = {
+            "configuration": name,
+            "seeds": len(mine),
+            "failed": int((cells["state"] != "COMPLETE").sum()),
+        }
+        for metric in spec.metrics:
+            values = mine[metric].dropna().to_numpy(np.float64)
+            reference = base[metric].dropna().to_numpy(np.float64)
+            mean = float(values.mean()) if len(values) else math.nan
+            row[f"{metric}_mean"] = mean
+            row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            if name == BASE:
+                continue
+            row[f"{metric}_delta"] = mean - float(reference.mean()) if len(reference) else math.nan
+            p_value = _welch_p(values, reference)
+            row[f"{metric}_p"] = p_value
+            row[f"{metric}_significant"] = bool(p_value < spec.significance_level)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- rendering
+def _number(value: object, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table_one_display(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
+    """Table I as people read it: `mean ± std`, `Δ` with a `*` where Welch's p < α."""
+    arrows = {"maximize": "↑", "minimize": "↓"}
+    shown = table[["configuration", "seeds", "failed"]].copy()
+    for metric, metric_spec in spec.metrics.items():
+        mean, std = table[f"{metric}_mean"], table[f"{metric}_std"]
+        shown[f"{metric} {arrows[metric_spec.direction]}"] = [
+            f"{_number(m)} ± {_number(s)}" for m, s in zip(mean, std, strict=True)
+        ]
+        if f"{metric}_delta" in table:
+            shown[f"Δ {metric}"] = [
+                "" if name == BASE else f"{d:+.4f}{'*' if sig else ''} (p={_number(p, 3)})"
+                for name, d, p, sig in zip(
+                    table["configuration"],
+                    table[f"{metric}_delta"],
+                    table[f"{metric}_p"],
+                    table[f"{metric}_significant"],
+                    strict=True,
+                )
+            ]
+    return shown
+
+
+def trials_display(trials: pd.DataFrame) -> pd.DataFrame:
+    shown = trials.drop(columns=["prefect_flow_run_id"], errors="ignore").copy()
+    for column in shown.columns:
+        if pd.api.types.is_float_dtype(shown[column]):
+            shown[column] = shown[column].map(_number)
+    return shown.astype(object).fillna("")  # object first: "" is no Int64 value
+
+
+def markdown_report(
+    title: str,
+    summary: Mapping[str, object],
+    trials: pd.DataFrame,
+    table: pd.DataFrame | None,
+    spec: StudySpec,
+) -> str:
+    lines = [f"## {title}", ""]
+    lines += [f"- {key}: {value}" for key, value in summary.items()]
+    if table is not None:
+        lines += [
+            "",
+            "### Table I protocol (paper 000 §III-B): base, then each switch alone",
+            "",
+            table_one_display(table, spec).to_markdown(index=False),
+            "",
+            f"Mean ± sample std over seeds; Δ against base; `*`: Welch's two-sided t-test "
+            f"p < {spec.significance_level} (seeds of the configuration vs seeds of base; "
+            "needs two seeds on each side).",
+        ]
+    lines += ["", "### Trials", "", trials_display(trials).to_markdown(index=False), ""]
+    return "\n".join(lines)
+
+
+def html_report(
+    title: str, markdown_summary: Mapping[str, object], tables: Mapping[str, pd.DataFrame]
+) -> str:
+    items = "".join(
+        f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>"
+        for k, v in markdown_summary.items()
+    )
+    sections = "".join(
+        f"<h2>{html.escape(name)}</h2>{frame.to_html(index=False, na_rep='–', border=0)}"
+        for name, frame in tables.items()
+    )
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><ul>{items}</ul>"
+        f"{sections}</body></html>\n"
+    )

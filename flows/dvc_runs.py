@@ -1,0 +1,200 @@
+"""DVC as the flows run it: stages in DAG order (`dvc repro -s`) and experiments.
+
+A pipeline task is `dvc repro --single-item STAGE`: DVC decides whether the stage is stale,
+so a second run of the flow reproduces nothing. A sweep trial or table cell is a DVC
+experiment, `dvc exp run --temp -n NAME -S key=value ...`: `--temp` runs in a copy of the
+repository under .dvc/tmp/exps, so several run at once; the stages it reruns (whatever the
+overrides touch) restore everything upstream from the DVC cache and run-cache. Paths handed
+to it must be absolute. The finished experiment is a git ref that DVC's own commands
+reproduce, compare and promote (`dvc exp show`, `dvc exp apply NAME`, `dvc exp branch
+NAME`); its metrics are read back from it by name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dvc.api
+import networkx
+from dvc.repo import Repo
+
+from flows.overlays import hydra_value
+from tasks.params import MetricSpec, Params, ParamsError, merge, read_yaml, resolve_key
+
+FAILED_STAGE = re.compile(r"failed to reproduce '([^']+)'")
+RAN_STAGE = re.compile(r"Running stage '([^']+)'")
+LOCKED = "Unable to acquire lock"
+EXIT_CODE = re.compile(r"exited with (-?\d+)")
+LOG_TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class DvcResult:
+    """How one `dvc repro` / `dvc exp run` ended, with the stages it ran and its log tail."""
+
+    name: str
+    returncode: int
+    seconds: float
+    ran_stages: tuple[str, ...]
+    failed_stage: str | None
+    log_tail: str
+
+    @property
+    def succeeded(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying: the stage was killed by a signal (OOM killer, preemption; training
+        resumes from its last checkpoint) or another DVC process held the lock."""
+        code = EXIT_CODE.findall(self.log_tail)
+        status = int(code[-1]) if code else self.returncode
+        return status < 0 or LOCKED in self.log_tail
+
+    def failure_reason(self) -> str:
+        """One line for the table: which stage failed, how (signal, exit code, timeout),
+        and the last line the stage printed (its exception) before DVC's own error."""
+        stage = f"stage {self.failed_stage}" if self.failed_stage else "dvc"
+        code = EXIT_CODE.findall(self.log_tail)
+        status = int(code[-1]) if code else self.returncode
+        how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"exited with {status}"
+        lines = [line.strip() for line in self.log_tail.splitlines() if line.strip()]
+        dvc_error = next((i for i, line in enumerate(lines) if line.startswith("ERROR:")), None)
+        before = lines[:dvc_error] if dvc_error is not None else lines
+        said = before[-1] if before and not RAN_STAGE.match(before[-1]) else ""
+        if said.startswith(">"):  # the stage's command line: it printed nothing
+            said = ""
+        return f"{stage} {how}" + (f": {said}" if said else "")
+
+
+def check_overrides(root: Path, overrides: Mapping[str, Any]) -> Params:
+    """params.yaml with `overrides` applied must validate, so a bad key or value fails here,
+    naming it, instead of minutes later inside a stage."""
+    raw = read_yaml(root / "params.yaml")
+    for key, value in overrides.items():
+        resolve_key(raw, key, "override")
+        raw = merge(raw, _nested(key, value))
+    return Params.from_mapping(raw, source=f"params.yaml + overrides {dict(overrides)}")
+
+
+def _nested(key: str, value: Any) -> dict[str, Any]:
+    head, _, rest = key.partition(".")
+    return {head: _nested(rest, value) if rest else value}
+
+
+def stage_order(root: Path) -> list[str]:
+    """The stages of dvc.yaml in dependency order, as DVC's own graph has them (ties in the
+    order dvc.yaml lists them)."""
+    index = Repo(str(root)).index
+    position = {stage.addressing: i for i, stage in enumerate(index.stages)}
+    # DVC's edges run from a stage to the stages it depends on.
+    upstream_first = networkx.reverse_view(index.graph)
+    ordered = networkx.lexicographical_topological_sort(
+        upstream_first, key=lambda stage: position[stage.addressing]
+    )
+    return [stage.addressing for stage in ordered]
+
+
+def stale_stages(root: Path) -> list[str]:
+    """Stages whose inputs changed since dvc.lock (`dvc status`). Experiments start from the
+    committed lock: a stale upstream stage would be recomputed by every trial."""
+    return sorted(Repo(str(root)).status())
+
+
+def exp_run_command(name: str, overrides: Mapping[str, Any]) -> list[str]:
+    sets = [
+        arg for key, value in overrides.items() for arg in ("-S", f"{key}={hydra_value(value)}")
+    ]
+    return [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name, *sets]
+
+
+def repro_command(stage: str) -> list[str]:
+    return [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+
+
+def run_experiment(
+    root: Path,
+    name: str,
+    overrides: Mapping[str, Any],
+    environment: Mapping[str, str],
+    log_path: Path,
+    timeout_seconds: float | None,
+) -> DvcResult:
+    """Run the experiment to its end (or its timeout) with its log in `log_path`."""
+    command = exp_run_command(name, overrides)
+    return run_dvc(root, name, command, environment, log_path, timeout_seconds)
+
+
+def run_dvc(
+    root: Path,
+    name: str,
+    command: list[str],
+    environment: Mapping[str, str],
+    log_path: Path,
+    timeout_seconds: float | None,
+) -> DvcResult:
+    """Run a DVC command with its output in `log_path`. The stages' `python` is this
+    interpreter: its directory goes first on PATH."""
+    env = {
+        **os.environ,
+        **environment,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+    }
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with log_path.open("w") as log:
+        # Its own session: a timeout kills dvc and the stage it runs, not this process.
+        process = subprocess.Popen(
+            command,
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            returncode = process.wait(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            log.write(f"\ntimed out after {timeout_seconds:.0f} s: killed\n")
+            returncode = -signal.SIGKILL
+    seconds = time.perf_counter() - started
+    text = log_path.read_text(errors="replace")
+    stages = FAILED_STAGE.findall(text)
+    tail = "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
+    ran = tuple(dict.fromkeys(RAN_STAGE.findall(text)))
+    return DvcResult(name, returncode, seconds, ran, stages[-1] if stages else None, tail)
+
+
+def read_metrics(root: Path, name: str, metrics: Mapping[str, MetricSpec]) -> dict[str, float]:
+    """The experiment's figures, read from its git ref through DVC (`dvc metrics show`)."""
+    files = sorted({spec.file for spec in metrics.values()})
+    # One file per call: DVC merges the files' top-level keys, which may collide.
+    shown = {path: dvc.api.metrics_show(path, repo=str(root), rev=name) for path in files}
+    values = {}
+    for metric, spec in metrics.items():
+        try:
+            values[metric] = float(resolve_key(shown[spec.file], spec.key, spec.key))
+        except ParamsError:
+            continue  # a metric the run did not produce (e.g. FAD-inf off) is left out
+    return values
+
+
+def absolute_tracking_uri(uri: str, root: Path) -> str:
+    """`sqlite:///mlflow.db` is relative to the working directory, which a --temp
+    experiment changes: anchor it at the repository root."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return f"{prefix}{(root / uri[len(prefix) :]).resolve()}"
+    return uri

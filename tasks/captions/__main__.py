@@ -1,0 +1,5 @@
+"""`python -m tasks.captions`: the DVC stage's command."""
+
+from tasks.captions.stage import main
+
+main()

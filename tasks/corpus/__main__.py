@@ -1,0 +1,5 @@
+"""`python -m tasks.corpus`: the DVC stage's command."""
+
+from tasks.corpus.stage import main
+
+main()

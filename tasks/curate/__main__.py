@@ -1,0 +1,5 @@
+"""`python -m tasks.curate`: the DVC stage's command."""
+
+from tasks.curate.stage import main
+
+main()

@@ -1,0 +1,180 @@
+"""Set-level metrics with percentile-bootstrap intervals over prompts.
+
+A scored set is clips + the prompt each belongs to (several generations per prompt, one
+paired reference window, ...). Resampling is over prompts, a prompt's clips staying together,
+with one seed for every metric and set: two systems scored on the same prompts get the same
+resamples, so their intervals are paired (tasks/evaluate/metrics/bootstrap.py).
+
+Metrics (paper 000 §III-B: CLAP score and FAD over CLAP embeddings; paper 003 §5.1: FAD, KL,
+IS as audioldm_eval computes them, p-MOS):
+- clap_score: cosine of each clip's CLAP audio embedding with its prompt's CLAP text embedding
+  (paper 003 §6.3: the prompt without the quality prefix), averaged per prompt; and
+  clap_score_wrong_prompt, the same against the next prompt's text: the control it must beat;
+- fad_clap / fad_teacher: FAD against all reference windows over CLAP audio embeddings and
+  over the frame teacher's time-pooled features; FAD is biased at small N, so N and M are
+  reported next to it and fad_clap_infinity extrapolates N -> infinity (Gui et al. 2024);
+- kl: KL(p_ref || p_gen) of the zero-shot tag distributions of each generation and its
+  prompt's reference window (audioldm_eval's paired KL direction);
+- inception_score: over the tag distributions, one split (audioldm_eval uses 10 splits of
+  ~1000 clips; with tens of clips a split would hold a handful);
+- pmos: the quality backend's p-MOS, averaged per prompt;
+- attribute accuracies (tasks/evaluate/scoring.py::attribute_hits), over the prompts that state
+  the attribute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from tasks.evaluate.metrics.bootstrap import BootstrapCI, bootstrap, bootstrap_mean
+from tasks.evaluate.metrics.distributions import inception_score, kl_divergence, paired_cosine
+from tasks.evaluate.metrics.frechet import FrechetToReference, fad_infinity_fit
+from tasks.evaluate.scoring import ClipScores
+
+LOWER_IS_BETTER = frozenset({"fad_clap", "fad_teacher", "fad_clap_infinity", "kl"})
+
+
+@dataclass(frozen=True)
+class ScoredSet:
+    name: str
+    scores: ClipScores
+    prompt_index: np.ndarray  # [N] the prompt of each clip
+    hits: dict[str, np.ndarray]  # attribute -> per-clip 1/0/NaN
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    confidence: float
+    resamples: int
+    seed: int
+
+    def mean(self, values: np.ndarray) -> BootstrapCI:
+        return bootstrap_mean(
+            values, confidence=self.confidence, resamples=self.resamples, seed=self.seed
+        )
+
+    def statistic(self, function: Callable[[np.ndarray], float], n_items: int) -> BootstrapCI:
+        return bootstrap(
+            function, n_items, confidence=self.confidence, resamples=self.resamples, seed=self.seed
+        )
+
+
+@dataclass(frozen=True)
+class Reference:
+    """All reference windows (the FAD reference) and each prompt's paired window (or -1)."""
+
+    scores: ClipScores
+    paired_row: np.ndarray  # [P]
+
+
+def per_prompt(values: np.ndarray, prompt_index: np.ndarray) -> np.ndarray:
+    """Mean over each prompt's finite values; prompts with none are dropped."""
+    prompts = np.unique(prompt_index)
+    means = [values[prompt_index == p] for p in prompts]
+    means = [row[np.isfinite(row)] for row in means]
+    return np.array([row.mean() for row in means if row.size])
+
+
+class Summariser:
+    def __init__(
+        self,
+        text_embeddings: np.ndarray,
+        reference: Reference,
+        settings: BootstrapSettings,
+        fad_infinity: bool,
+    ) -> None:
+        self.text = text_embeddings
+        self.reference = reference
+        self.settings = settings
+        self.fad_infinity = fad_infinity
+        self.distances = {
+            "fad_clap": FrechetToReference(reference.scores.clap_audio),
+            "fad_teacher": FrechetToReference(reference.scores.teacher),
+        }
+
+    # ------------------------------------------------------------------ helpers
+    def _set_statistic(
+        self, scored: ScoredSet, function: Callable[[np.ndarray], float]
+    ) -> BootstrapCI:
+        """Bootstrap a statistic of clip rows, resampling the set's prompts."""
+        prompts = np.unique(scored.prompt_index)
+        rows = [np.flatnonzero(scored.prompt_index == p) for p in prompts]
+        return self.settings.statistic(
+            lambda idx: function(np.concatenate([rows[i] for i in idx])), len(prompts)
+        )
+
+    def clap_scores(self, scored: ScoredSet, shift: int = 0) -> np.ndarray:
+        """Per clip CLAP score against its prompt, or (shift > 0) against the prompt `shift`
+        places further on: a wrong caption, the control every CLAP score should beat."""
+        prompts = (scored.prompt_index + shift) % len(self.text)
+        return paired_cosine(scored.scores.clap_audio, self.text[prompts])
+
+    def paired_kl(self, scored: ScoredSet) -> np.ndarray:
+        """Per clip KL(p_ref || p_gen); NaN where the prompt has no reference window."""
+        rows = self.reference.paired_row[scored.prompt_index]
+        kl = np.full(len(rows), np.nan)
+        paired = rows >= 0
+        if paired.any():
+            kl[paired] = kl_divergence(
+                self.reference.scores.tag_probabilities[rows[paired]],
+                scored.scores.tag_probabilities[paired],
+            )
+        return kl
+
+    # ------------------------------------------------------------------ metrics
+    def summarise(self, scored: ScoredSet, distances: bool = True) -> dict[str, BootstrapCI]:
+        """Every metric of one set; `distances` False for the reference itself (FAD and KL
+        against itself say nothing)."""
+        mean = self.settings.mean
+        index = scored.prompt_index
+        result = {
+            "clap_score": mean(per_prompt(self.clap_scores(scored), index)),
+            "clap_score_wrong_prompt": mean(per_prompt(self.clap_scores(scored, 1), index)),
+            "pmos": mean(per_prompt(scored.scores.pmos.astype(np.float64), index)),
+            "inception_score": self._set_statistic(
+                scored,
+                lambda rows: (
+                    inception_score(
+                        scored.scores.tag_probabilities[rows], splits=1, shuffle_seed=None
+                    ).mean
+                ),
+            ),
+        }
+        if distances:
+            result.update(self.distances_of(scored))
+        for attribute, hits in scored.hits.items():
+            values = per_prompt(hits, index)
+            if values.size:
+                result[f"{attribute}_accuracy"] = mean(values)
+        return result
+
+    def distances_of(self, scored: ScoredSet) -> dict[str, BootstrapCI]:
+        result = {
+            name: self._set_statistic(scored, lambda rows, d=distance, n=name: d(
+                getattr(scored.scores, "clap_audio" if n == "fad_clap" else "teacher")[rows]
+            ))
+            for name, distance in self.distances.items()
+        }  # fmt: skip
+        kl = per_prompt(self.paired_kl(scored), scored.prompt_index)
+        if kl.size:
+            result["kl"] = self.settings.mean(kl)
+        if self.fad_infinity:
+            result["fad_clap_infinity"] = self._set_statistic(
+                scored,
+                lambda rows: (
+                    fad_infinity_fit(
+                        scored.scores.clap_audio[rows],
+                        (self.distances["fad_clap"].mean, self.distances["fad_clap"].cov),
+                        seed=self.settings.seed,
+                    ).intercept
+                ),
+            )
+        return result
+
+
+def interval_record(ci: BootstrapCI) -> dict[str, float]:
+    """metrics.json form: value, interval bounds, prompts."""
+    return {"value": ci.estimate, "low": ci.low, "high": ci.high, "prompts": ci.n}

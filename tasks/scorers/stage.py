@@ -1,0 +1,346 @@
+"""Stage `scorers`: train the embedded CLAP and p-MOS stand-ins, or check the real ones.
+
+Embedded backends (DESIGN.md "Two profiles") are trained here on the corpus train split and
+saved as safetensors + config.json under artifacts/scorers/. Real backends (laion, hf, t5,
+pmos, muq) are loaded once to check them and their identity (path, bytes, SHA-256) is
+recorded in artifacts/scorers/identity.json, so a changed checkpoint is visible in
+`dvc.lock`'s history and MLflow. Either way the selected CLAP and quality backends are then
+measured on the val split (reports/scorers.json):
+
+- text->audio retrieval R@1 / R@5 among the val tracks with correct captions (chance 1/n);
+- ROC-AUC of the CLAP score, true caption vs another track's caption ("shuffled": what a
+  wrong caption is in the corpus, paper 000's failure mode), and vs the corpus's own
+  recorded wrong-caption tracks ("corpus_wrong", few on val);
+- Spearman ρ between predicted p-MOS and the recorded quality level (embedded corpus).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.entities import Metric
+from scipy import stats
+
+from models.scorers import (
+    MelConfig,
+    QualityRegressor,
+    QualityRegressorConfig,
+    TinyClap,
+    TinyClapConfig,
+)
+from tasks.backends.base import checkpoint_identity
+from tasks.backends.clap import load_clap
+from tasks.backends.embedded import save_checkpoint
+from tasks.backends.frame_teacher import load_frame_teacher
+from tasks.backends.quality import load_quality
+from tasks.backends.text_encoder import load_minilm, load_text_encoder
+from tasks.common import schema
+from tasks.common.atomic import write_json
+from tasks.common.audio_io import read_audio
+from tasks.common.quality_levels import level_centre, quality_level
+from tasks.common.rank_metrics import recall_at_k, roc_auc, spearman
+from tasks.common.tracking import stage_run
+from tasks.params import Params, load_stage_params
+from tasks.scorers.pairs import Pairs, pretraining_pairs
+from tasks.scorers.training import (
+    CAPTION_COLUMNS,
+    degraded_copies,
+    make_degrader,
+    track_log_mels,
+    train_clap,
+    train_quality,
+)
+
+ARTIFACTS = Path("artifacts/scorers")
+REPORT = Path("reports/scorers.json")
+CURVES = Path("reports/scorers")
+PARTS = ("clap", "text_encoder", "quality", "frame_teacher")
+
+
+@dataclass
+class Split:
+    tracks: pd.DataFrame
+    waveforms: list[np.ndarray]
+
+
+def load_split(tracks: pd.DataFrame, split: str, corpus_root: Path, sample_rate: int) -> Split:
+    rows = tracks[tracks["split"] == split].reset_index(drop=True)
+    audio = [read_audio(corpus_root / path, sample_rate) for path in rows["audio_path"]]
+    return Split(rows, audio)
+
+
+def mel_config(params: Params) -> MelConfig:
+    s = params.scorers
+    return MelConfig(sample_rate=s.sample_rate, n_mels=s.n_mels, frame_rate=s.frame_rate)
+
+
+def crop_frames(params: Params) -> int:
+    return round(params.curate.segment_seconds * params.scorers.frame_rate)
+
+
+class CurveLog:
+    """Training curves buffered in memory, then one MLflow batch and one CSV per curve."""
+
+    def __init__(self) -> None:
+        self.points: dict[str, list[tuple[int, float]]] = {}
+
+    def __call__(self, name: str, value: float, step: int) -> None:
+        self.points.setdefault(name, []).append((step, value))
+
+    def flush(self, directory: Path) -> None:
+        run = mlflow.active_run()
+        for name, points in self.points.items():
+            frame = pd.DataFrame(points, columns=["step", name])
+            directory.mkdir(parents=True, exist_ok=True)
+            frame.to_csv(directory / f"{name}.csv", index=False)
+            if run is not None:
+                stamp = int(pd.Timestamp.now().timestamp() * 1000)
+                metrics = [Metric(name, v, stamp, s) for s, v in points]
+                for start in range(0, len(metrics), 1000):
+                    mlflow.MlflowClient().log_batch(run.info.run_id, metrics[start : start + 1000])
+
+
+def train_embedded_clap(params: Params, pairs: Pairs, log: CurveLog) -> TinyClap:
+    """The tiny CLAP on its own pretraining pairs (tasks/scorers/pairs.py says why)."""
+    text = load_minilm(None, "backends.clap.path")
+    flat = text.sentence_embedding([c for row in pairs.captions for c in row])
+    captions = flat.reshape(len(pairs.captions), len(CAPTION_COLUMNS), -1)
+    s = params.scorers
+    config = TinyClapConfig(mel_config(params), s.clap_channels, s.embed_dim, text.dim)
+    torch.manual_seed(params.seed)
+    model = TinyClap(config)
+    mels = track_log_mels(pairs.waveforms, model.log_mel)
+    train_clap(model, mels, captions, s.clap, crop_frames(params), params.seed, log)
+    return model.eval()
+
+
+def quality_targets(levels: list[int], params: Params) -> np.ndarray:
+    q = params.quality
+    if q.levels != 5 or q.pmos_mean is None or q.pmos_std is None:
+        raise SystemExit(
+            "error: the embedded quality regressor learns the corpus's 5 degradation levels on "
+            "the p-MOS scale of quality.pmos_mean / pmos_std: set quality.levels = 5 and both "
+            "numbers, or select a real predictor (backends.quality.name: pmos)"
+        )
+    return np.array([level_centre(v, q.pmos_mean, q.pmos_std, q.level_edges_std) for v in levels])
+
+
+def train_embedded_quality(
+    params: Params, train: Split, pairs: Pairs, log: CurveLog
+) -> QualityRegressor:
+    """Recorded train levels + degraded copies of clean train tracks, and the pretraining
+    pool with its levels + one degraded copy of each clean clip: every genre seen clean."""
+    recorded = train.tracks["quality_level"]
+    if recorded.isna().any():
+        raise SystemExit(
+            "error: backends.quality.name = embedded needs recorded quality levels (the "
+            "embedded corpus); this corpus has none: select backends.quality.name: pmos"
+        )
+    clean = [w for w, level in zip(train.waveforms, recorded, strict=True) if level == 5]
+    kinds = params.data.degradation.kinds
+    degrader = make_degrader(params.data.degradation, params.scorers.sample_rate)
+    copies = params.scorers.quality_augment_per_track
+    extra, extra_levels = degraded_copies(clean, copies, kinds, degrader, params.seed + 1)
+    pristine = [w for w, level in zip(pairs.waveforms, pairs.levels, strict=True) if level == 5]
+    pool, pool_levels = degraded_copies(pristine, 1, kinds, degrader, params.seed + 2)
+    audio = train.waveforms + extra + pairs.waveforms + pool
+    levels = [int(v) for v in recorded] + extra_levels + pairs.levels + pool_levels
+    config = QualityRegressorConfig(mel_config(params), params.scorers.quality_channels)
+    torch.manual_seed(params.seed)
+    model = QualityRegressor(config)
+    mels = track_log_mels(audio, model.log_mel)
+    targets = quality_targets(levels, params)
+    train_quality(
+        model, mels, targets, params.scorers.quality, crop_frames(params), params.seed, log
+    )
+    return model.eval()
+
+
+def eval_windows(split: Split, seconds: float, count: int, rate: int) -> tuple[list, np.ndarray]:
+    """`count` evenly spaced windows per track; (clips, track index of each clip)."""
+    clips, owners = [], []
+    length = round(seconds * rate)
+    for index, audio in enumerate(split.waveforms):
+        if audio.size < length:
+            continue
+        for start in np.linspace(0, audio.size - length, count).astype(int):
+            clips.append(audio[start : start + length])
+            owners.append(index)
+    return clips, np.array(owners)
+
+
+def batched(function, items: list, size: int) -> np.ndarray:
+    return np.concatenate([function(items[i : i + size]) for i in range(0, len(items), size)])
+
+
+def clap_reach(clap, val: Split, clips: list, owners: np.ndarray, params: Params) -> dict:
+    rate = params.scorers.sample_rate
+    audio = batched(lambda c: clap.embed_audio(c, rate), clips, params.curate.batch_size)
+    text = clap.embed_text(val.tracks[params.curate.caption_column].tolist())
+    noise = val.tracks["caption_noise"].to_numpy()
+    clean = np.intersect1d(np.flatnonzero(noise == "clean"), owners)
+    if len(clean) < 2:
+        return {"note": f"{len(clean)} scorable val track(s) with a correct caption: too few"}
+    scores = audio @ text.T  # [windows, tracks]
+    per_track = np.stack([audio[owners == i].mean(0) for i in clean])
+    similarity = text[clean] @ per_track.T  # text queries x audio gallery
+    own = scores[np.arange(len(owners)), owners]
+    is_clean_window = np.isin(owners, clean)
+    shuffled = scores[is_clean_window][:, clean]
+    mismatch = shuffled[owners[is_clean_window][:, None] != clean[None, :]]
+    wrong_windows = noise[owners] == "wrong"
+    return {
+        "r_at_1": recall_at_k(similarity, 1),
+        "r_at_5": recall_at_k(similarity, 5),
+        "chance_r_at_1": 1.0 / len(clean),
+        "retrieval_tracks": len(clean),
+        "auc_shuffled": roc_auc(own[is_clean_window], mismatch),
+        "auc_corpus_wrong": roc_auc(own[is_clean_window], own[wrong_windows])
+        if wrong_windows.any()
+        else None,
+        "corpus_wrong_windows": int(wrong_windows.sum()),
+        "score_mean_true": float(own[is_clean_window].mean()),
+        "score_mean_shuffled": float(mismatch.mean()),
+    }
+
+
+def balanced_quality_set(val: Split, params: Params) -> tuple[list, np.ndarray]:
+    """The middle window of every clean val track at every degradation kind and level.
+
+    The recorded val split holds only a handful of degraded tracks; degrading its clean
+    tracks with the corpus's own degradation model gives every level equal weight.
+    """
+    rate = params.scorers.sample_rate
+    length = round(params.curate.segment_seconds * rate)
+    degrader = make_degrader(params.data.degradation, rate)
+    rng = np.random.default_rng([params.seed, 17])
+    clips, levels = [], []
+    for audio, level in zip(val.waveforms, val.tracks["quality_level"], strict=True):
+        if level != 5 or audio.size < length:
+            continue
+        start = (audio.size - length) // 2
+        window = audio[start : start + length]
+        clips.append(window)
+        levels.append(5)
+        for kind in params.data.degradation.kinds:
+            for degraded_level in range(1, 5):
+                clips.append(degrader(window, kind, degraded_level, rng))
+                levels.append(degraded_level)
+    return clips, np.array(levels)
+
+
+def quality_reach(quality, val: Split, clips: list, owners: np.ndarray, params: Params) -> dict:
+    """Spearman ρ of p-MOS vs level: per val track (paper 003 §4.1 scores tracks; a track's
+    p-MOS = mean over its windows), per window, and on the balanced set."""
+    levels = val.tracks["quality_level"].to_numpy()[owners]
+    if pd.isna(levels).any():
+        return {"spearman": None, "note": "no recorded quality levels on this corpus"}
+    if len(np.unique(owners)) < 3:
+        return {"spearman": None, "note": "fewer than 3 scorable val tracks"}
+    rate = params.scorers.sample_rate
+    size = params.curate.batch_size
+    pmos = batched(lambda c: quality.predict(c, rate), clips, size)
+    balanced_clips, balanced_levels = balanced_quality_set(val, params)
+    balanced = (
+        batched(lambda c: quality.predict(c, rate), balanced_clips, size)
+        if balanced_clips
+        else np.zeros(0)
+    )
+    q = params.quality
+    track_pmos = pd.Series(pmos).groupby(owners).mean()
+    track_levels = val.tracks["quality_level"].to_numpy()[track_pmos.index].astype(float)
+    report = {
+        "spearman": spearman(track_pmos.to_numpy(), track_levels),
+        # With most val tracks tied at level 5, even a perfect ordering cannot reach ρ = 1:
+        # the ceiling is ρ of the levels against themselves with ties broken arbitrarily.
+        "spearman_ceiling": spearman(stats.rankdata(track_levels, method="ordinal"), track_levels),
+        "spearman_windows": spearman(pmos, levels.astype(float)),
+        "tracks": len(track_levels),
+        "spearman_balanced": spearman(balanced, balanced_levels) if len(balanced) > 2 else None,
+        "windows": len(levels),
+        "degraded_windows": int(np.sum(levels.astype(int) < 5)),
+        "balanced_windows": len(balanced_levels),
+    }
+    if q.pmos_mean is not None and q.pmos_std is not None and len(balanced):
+        predicted = quality_level(balanced, q.pmos_mean, q.pmos_std, q.level_edges_std)
+        report["level_accuracy_balanced"] = float(np.mean(predicted == balanced_levels))
+        report["level_mae_balanced"] = float(np.mean(np.abs(predicted - balanced_levels)))
+    return report
+
+
+def require_output(path: str | None, part: str) -> Path:
+    if path is None:
+        raise SystemExit(
+            f"error: params `backends.{part}.path` is null; the scorers stage "
+            f"writes the embedded {part} there (e.g. artifacts/scorers/{part})"
+        )
+    return Path(path)
+
+
+def check_real_backends(params: Params) -> dict:
+    """Load every non-embedded pretrained part once; record its checkpoint identity."""
+    loaders = {
+        "clap": load_clap,
+        "text_encoder": load_text_encoder,
+        "quality": load_quality,
+        "frame_teacher": load_frame_teacher,
+    }
+    identity = {}
+    for part in PARTS:
+        choice = getattr(params.backends, part)
+        if choice.name == "embedded" or (part == "text_encoder" and choice.path is None):
+            continue
+        loaders[part](choice)
+        identity[part] = {"backend": choice.name, **checkpoint_identity(choice.path)}
+        if part == "clap" and getattr(choice, "text_model_path", None):
+            identity["clap_text_model"] = checkpoint_identity(choice.text_model_path)
+    return identity
+
+
+def main() -> None:
+    params = load_stage_params()
+    backends = params.backends
+    corpus_root = Path(params.data.root)
+    tracks = pd.read_parquet(corpus_root / "tracks.parquet")
+    schema.check_columns(tracks, schema.TRACK_COLUMNS, "tracks.parquet")
+    rate = params.scorers.sample_rate
+    with stage_run(params, "scorers"):
+        log = CurveLog()
+        train = load_split(tracks, "train", corpus_root, rate)
+        clap_paths = {
+            choice.path
+            for choice in (backends.clap, backends.frame_teacher)
+            if choice.name == "embedded"
+        }
+        if clap_paths or backends.quality.name == "embedded":
+            pairs = pretraining_pairs(params)
+        if clap_paths:
+            clap = train_embedded_clap(params, pairs, log)
+            for path in clap_paths:
+                save_checkpoint(clap, require_output(path, "clap"), {})
+        if backends.quality.name == "embedded":
+            regressor = train_embedded_quality(params, train, pairs, log)
+            save_checkpoint(regressor, require_output(backends.quality.path, "quality"), {})
+        identity = check_real_backends(params)
+        write_json(ARTIFACTS / "identity.json", identity)
+        val = load_split(tracks, "val", corpus_root, rate)
+        clips, owners = eval_windows(
+            val, params.curate.segment_seconds, params.scorers.eval_windows_per_track, rate
+        )
+        report = {
+            "clap": clap_reach(load_clap(backends.clap), val, clips, owners, params),
+            "quality": quality_reach(load_quality(backends.quality), val, clips, owners, params),
+        }
+        write_json(REPORT, report)
+        log.flush(CURVES)
+        mlflow.log_metrics(
+            {f"{p}.{k}": v for p, r in report.items() for k, v in r.items() if isinstance(v, float)}
+        )
+        mlflow.log_artifact(str(REPORT))
+        mlflow.log_dict(identity, "identity.json")
+    print(REPORT.read_text())

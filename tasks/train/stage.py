@@ -1,0 +1,187 @@
+"""What `pretrain` and `finetune` share: data, model, run, reports (paper 000 §II-B).
+
+Pretraining reads both caption styles of every training segment (one drawn per sample);
+fine-tuning starts from the pretrained weights and reads the LLM-rewritten inference-style
+caption of the fine-tuning subset (Table II: 40 % of the data). Outputs per stage:
+`checkpoints/<stage>/model.safetensors` + `model.json` and `reports/<stage>/` (DVC metrics
+and plots: metrics.json, train.csv, val.csv, loss.png), the same in the stage's MLflow run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from models.fluxaudio import trainable_parameters
+from models.objective import FlowMatchingModel
+from tasks.backends.clap import load_clap
+from tasks.backends.codec import load_codec
+from tasks.common.reporting import log_report
+from tasks.common.text_conditioning import FINETUNE_COLUMN
+from tasks.common.tracking import stage_run
+from tasks.latents.dataset import LatentDataset
+from tasks.latents.store import read_manifest
+from tasks.params import Params, load_stage_params
+from tasks.params.tracked import tracked_params
+from tasks.train import checkpoints, pruning
+from tasks.train.loop import RunSpec, ValidationCallback, train
+from tasks.train.model_factory import (
+    backbone_config,
+    build_model,
+    cache_shapes,
+    objective_config,
+    with_latent_stats,
+)
+from tasks.train.reports import write_reports
+from tasks.train.samples import audio_logger, sample_check
+
+CHECKPOINTS = Path("checkpoints")
+REPORTS = Path("reports")
+STAGES = ("pretrain", "finetune")
+
+
+def training_seed(params: Params) -> int:
+    """`train.seed` reseeds training alone (the ablation table's seeds); null: `seed`. Sample
+    checks keep `seed`, so every training seed is judged on the same generation noise."""
+    return params.seed if params.train.seed is None else params.train.seed
+
+
+def datasets(params: Params, stage: str) -> tuple[LatentDataset, LatentDataset]:
+    root = Path(params.latents.root)
+    common = dict(
+        root=root,
+        stage=stage,
+        pretrain_columns=params.captions.pretrain_columns,
+        finetune_column=FINETUNE_COLUMN,
+        seed=training_seed(params),
+        unconditional_level=params.quality.unconditional_level,
+    )
+    train_set = LatentDataset(split="train", cfg_dropout=params.train.cfg_dropout, **common)
+    val_set = LatentDataset(split="val", cfg_dropout=0.0, **common)
+    return train_set, val_set
+
+
+
+def fingerprint(params: Params, stage: str, inputs: Sequence[Path]) -> str:
+    digest = hashlib.sha256(json.dumps(tracked_params(params, stage), sort_keys=True).encode())
+    digest.update(json.dumps(read_manifest(Path(params.latents.root))["fingerprint"]).encode())
+    for path in inputs:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def initial_weights(model: FlowMatchingModel, stage: str, config) -> list[Path]:
+    """Fine-tuning starts from the pretrained model, which must have the same shape."""
+    if stage == "pretrain":
+        return []
+    source = CHECKPOINTS / "pretrain"
+    if checkpoints.final_config(source) != config:
+        raise ValueError(
+            f"{source} was trained with another model configuration; rerun pretrain "
+            "(the model params are shared by both stages)"
+        )
+    checkpoints.load_weights(model, source / checkpoints.MODEL_FILE)
+    return [source / checkpoints.MODEL_FILE]
+
+
+# --------------------------------------------------------------------------- samples
+
+# --------------------------------------------------------------------------- reports
+
+# --------------------------------------------------------------------------- the stage
+def main(stage: str) -> None:
+    """The `pretrain` / `finetune` entry point (`python -m tasks.train pretrain|finetune`).
+
+    Inside a sweep trial (TTM_OPTUNA_* set) the validation losses go to the trial, finetune's
+    steps after pretrain's, and a pruned trial ends the stage (and the experiment) here."""
+    params = load_stage_params()
+    offset = 0 if stage == "pretrain" else params.train.optim.steps
+    try:
+        summary = run(params, stage, callbacks=pruning.pruning_callbacks(offset))
+    except pruning.TrialPruned as pruned:
+        raise SystemExit(f"{stage}: trial {pruned}") from None
+    if summary:  # the main process
+        print(
+            f"{stage}: {summary['steps']} steps in {summary['wall_seconds']:.0f} s, val flow "
+            f"matching {summary['first_val_flow_matching']:.4f} -> "
+            f"{summary['val_flow_matching']:.4f}"
+        )
+
+
+def run(params: Params, stage: str, callbacks: Sequence[ValidationCallback] = ()) -> dict:
+    optim = params.train.optim if stage == "pretrain" else params.finetune.optim
+    # cpu=True where there is no GPU: under torchrun / `accelerate launch` that makes the
+    # processes one gloo group (MULTI_CPU) instead of independent copies of the run.
+    accelerator = Accelerator(
+        mixed_precision=optim.mixed_precision, cpu=not torch.cuda.is_available()
+    )
+    torch.manual_seed(training_seed(params))
+    train_set, val_set = datasets(params, stage)
+    shapes = cache_shapes(train_set)
+    config = backbone_config(params.model, params.quality, shapes)
+    model = build_model(config, params.model, shapes)
+    with_latent_stats(model, *train_set.stats)
+    inputs = initial_weights(model, stage, config)
+    root = CHECKPOINTS / stage
+    root.mkdir(parents=True, exist_ok=True)
+    (REPORTS / stage / "samples").mkdir(parents=True, exist_ok=True)  # a DVC output
+    spec = RunSpec(
+        stage=stage,
+        checkpoint_dir=root,
+        optim=optim,
+        train=params.train,
+        objective=objective_config(params.model, params.train.timestep),
+        seed=training_seed(params),
+        fingerprint=fingerprint(params, stage, inputs),
+    )
+    main = accelerator.is_main_process
+    codec = load_codec(params.backends.codec, params.latents.mel25)
+    tracking = stage_run(params, stage)
+    with tracking if main else contextlib.nullcontext():
+        if main:
+            mlflow.log_params({"trainable_parameters": trainable_parameters(model.backbone)})
+        result = train(
+            model,
+            train_set,
+            val_set,
+            spec,
+            accelerator,
+            log_metrics=mlflow.log_metrics if main else lambda metrics, step: None,
+            callbacks=callbacks,
+            on_evaluate=audio_logger(val_set, params, codec, stage, REPORTS),
+        )
+        if not main:
+            return {}
+        checks = sample_check(result.model, val_set, params, codec, load_clap(params.backends.clap))
+        last = result.history.validation[-1]
+        summary = {
+            "steps": result.steps,
+            "resumed_from_step": result.resumed_from,
+            "wall_seconds": result.wall_seconds,
+            "trainable_parameters": trainable_parameters(model.backbone),
+            "val_loss": last["val_loss"],
+            "val_flow_matching": last["val_flow_matching"],
+            "first_val_flow_matching": result.history.validation[0]["val_flow_matching"],
+            "train_loss": result.history.train[-1]["loss"],
+            "samples_per_second": float(
+                np.mean([row["samples_per_second"] for row in result.history.train])
+            ),
+            "samples": checks,
+        }
+        report = write_reports(result, REPORTS / stage, stage, summary)
+        log_report(report, f"tables/{stage}")
+        meta = {"stage": stage, "step": result.steps, "fingerprint": spec.fingerprint}
+        meta["params"] = tracked_params(params, stage)
+        checkpoints.save_final_model(root, result.model, config, meta)
+        mlflow.log_dict(asdict(config), "model_config.json")
+        checkpoints.clear_training_checkpoints(root)
+    return summary
