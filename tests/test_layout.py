@@ -69,7 +69,7 @@ def import_violations(edges: Iterable[Import]) -> list[str]:
             problems.append(f"{where} (shared code imports no stage)")
         source_stage = package_of(source, STAGE_PACKAGES)
         readers = PUBLISHED_READERS.get(target_stage or "", ())
-        if target_stage and source_stage != target_stage and target not in readers:
+        if source_stage and target_stage not in (None, source_stage) and target not in readers:
             problems.append(f"{where} (only {target_stage}'s published reader)")
     return problems
 
