@@ -57,7 +57,7 @@ bench: setup
 
 ## listening-check: open reports/listening/index.html in headless Chromium, save a screenshot
 listening-check: setup
-	$(RUN) $(BIN)/python -m tasks.listening_page reports/listening/index.html \
+	$(RUN) $(BIN)/python -m tasks.evaluate.listening_page reports/listening/index.html \
 		--screenshot reports/listening_page.png
 
 ## serve: Prefect server (127.0.0.1:4200) + work pool + workers + served deployments

@@ -1,13 +1,13 @@
 """FluxAudio, the flow-matching DiT of paper 000 §III-A, with paper 003's switches built in.
 
-Layout (REFERENCE.md §A.3, §A.8): the latent goes through a convolutional input projection,
+Layout (docs/reference.md §A.3, §A.8): the latent goes through a convolutional input projection,
 the text-encoder tokens and the global CLAP text embedding through MLPs; `depth` blocks
 follow, the first `depth - fused_depth` of them joint MM-DiT blocks (audio and text tokens
 in one attention), the rest single-stream ("fused") blocks on audio only; a final adaLN
 layer maps back to the latent size. One conditioning vector, timestep embedding + projected
 CLAP embedding, drives every adaLN.
 
-Paper 003 on the same backbone (switches 3 and 4 of DESIGN.md):
+Paper 003 on the same backbone (switches 3 and 4 of docs/architecture.md):
 - quality token (§4.1): a learned embedding of the quantised p-MOS level prepended to the
   audio tokens, never masked, removed before the output layer;
 - MDT masking (§4.2): when `keep` indices are given (training with mask ratio > 0), the
@@ -46,7 +46,8 @@ class FluxAudioConfig:
     latent_dim: int  # codec channels C
     hidden_dim: int
     num_heads: int
-    depth: int  # ALL blocks: depth - fused_depth joint blocks, then fused_depth (pitfall 1)
+    # ALL blocks: depth - fused_depth joint blocks, then fused_depth (docs/reference.md pitfall 1)
+    depth: int
     fused_depth: int
     latent_seq_len: int  # frames the RoPE table covers (250 = 10 s at 25 Hz)
     text_seq_len: int  # text-encoder tokens (77, padded)
@@ -79,7 +80,7 @@ _FLUXAUDIO_S = FluxAudioConfig(
     text_seq_len=77, text_dim=1024, condition_dim=512, mlp_ratio=4.0, quality_levels=0,
     decode_layers=0, side_interpolator=False,
 )  # fmt: skip
-# Size presets (REFERENCE.md §A.2): the baseline's two variants and paper 000's Table II model
+# Size presets (docs/reference.md §A.2): the baseline's two variants and paper 000's Table II model
 # (896 wide, 7 heads of 128, 2 joint + 10 fused blocks, ACE-Step's 64 channels at 25 Hz).
 PRESETS: dict[str, FluxAudioConfig] = {
     "fluxaudio_s": _FLUXAUDIO_S,
@@ -126,7 +127,7 @@ class FluxAudio(nn.Module):
         if config.side_interpolator:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
             self.side_interpolator = StreamBlock(dim, heads, ratio, kernel_size=3, pre_only=False)
-        # Per-channel latent normalisation (REFERENCE.md §A.5), carried in the checkpoint.
+        # Per-channel latent normalisation (docs/reference.md §A.5), carried in the checkpoint.
         self.register_buffer("latent_mean", torch.zeros(config.latent_dim))
         self.register_buffer("latent_std", torch.ones(config.latent_dim))
         for name, length in (("audio", config.latent_seq_len), ("text", config.text_seq_len)):

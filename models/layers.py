@@ -1,4 +1,4 @@
-"""FluxAudio's building blocks (paper 000 §III-A; REFERENCE.md §A.3): embedders, SwiGLU MLPs,
+"""FluxAudio's building blocks (paper 000 §III-A; docs/reference.md §A.3): embedders, SwiGLU MLPs,
 RoPE, the adaLN-modulated stream block, the joint (MM-DiT) block and the final layer.
 
 Tensors are channel-last, `[batch, tokens, hidden]`, everywhere; convolutions transpose
@@ -92,7 +92,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
     No mask and no forced backend, so PyTorch picks its fastest kernel (flash /
     memory-efficient on GPU); the reference forces the math kernel only for MeanFlow's JVP
-    (REFERENCE.md pitfall 7), which plain flow matching does not need.
+    (docs/reference.md pitfall 7), which plain flow matching does not need.
     """
     out = F.scaled_dot_product_attention(q, k, v)
     return out.transpose(1, 2).flatten(2)
@@ -151,7 +151,7 @@ class StreamBlock(nn.Module):
 
 class JointBlock(nn.Module):
     """MM-DiT block: audio and text tokens attend together in ONE attention, unmasked (the
-    reference pads T5 to 77 and attends the padding, REFERENCE.md pitfall 4); paper 000
+    reference pads T5 to 77 and attends the padding, docs/reference.md pitfall 4); paper 000
     §III-A calls this the "cross-attention" to the T5 sequence."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, pre_only: bool) -> None:

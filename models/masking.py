@@ -1,4 +1,4 @@
-"""MDT token masking (paper 003 §4.2; REFERENCE.md §C.2), as index bookkeeping.
+"""MDT token masking (paper 003 §4.2; docs/reference.md §C.2), as index bookkeeping.
 
 During training a share r of the audio tokens is hidden from the encoder blocks: each
 sample keeps a random subset of int(T·(1 − r)) frames, in time order, and the encoder runs

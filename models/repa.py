@@ -1,9 +1,9 @@
-"""REPA alignment heads and losses (paper 000 §II-D, eq. (4)-(5); REFERENCE.md §D).
+"""REPA alignment heads and losses (paper 000 §II-D, eq. (4)-(5); docs/reference.md §D).
 
 Both heads read the backbone's hidden states after its last block (paper 000 §III-A,
-"after the final DiT block"; REPA itself taps an intermediate block, pitfall 13). The head is
-REPA's projector, Linear -> SiLU -> Linear -> SiLU -> Linear; paper 000 does not give its
-shape. Its output size is the target's: 512 for LAION-CLAP, 1024 for MuQ.
+"after the final DiT block"; REPA itself taps an intermediate block, docs/reference.md
+pitfall 13). The head is REPA's projector, Linear -> SiLU -> Linear -> SiLU -> Linear; paper
+000 does not give its shape. Its output size is the target's: 512 for LAION-CLAP, 1024 for MuQ.
 """
 
 from __future__ import annotations

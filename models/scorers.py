@@ -1,6 +1,6 @@
 """The embedded stand-ins for the pretrained scorers: a tiny CLAP and a p-MOS regressor.
 
-DESIGN.md "Two profiles": where LAION-CLAP and the wav2vec2 p-MOS model cannot be
+docs/architecture.md "Two profiles": where LAION-CLAP and the wav2vec2 p-MOS model cannot be
 downloaded, the pipeline trains these on its own corpus. Both read a log-mel spectrogram
 at the codec frame rate (25 Hz), so the CLAP audio tower's per-frame features serve as the
 embedded frame teacher for REPA (paper 000 eq. (5)) on the latent grid.

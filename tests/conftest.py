@@ -84,7 +84,7 @@ def curated_workspace(shipped_params: dict, tmp_path_factory) -> tuple[Path, dic
     """(directory, raw params) after corpus + curate on random scorers; copy it to use it."""
     from tasks.corpus import stage as corpus
     from tasks.curate import stage as curate
-    from tests.test_curate import save_random_scorers
+    from tests.curate.test_curate import save_random_scorers
 
     root = tmp_path_factory.mktemp("curated")
     base = params_with(shipped_params, {"data": TINY_DATA})

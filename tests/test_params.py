@@ -134,7 +134,7 @@ def test_cli_check_exits_nonzero_naming_the_key(tmp_path):
     raw["model"]["masking"]["mask_ratio"] = 1.2
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     result = subprocess.run(
-        [sys.executable, "-m", "tasks.params", "check"],
+        [sys.executable, "-m", "flows.overlays", "check"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -1,8 +1,9 @@
 """The interfaces every pretrained part sits behind, and the registry that picks one.
 
-DESIGN.md "Two profiles, one code path": `backends.<part>.name` selects an implementation,
-`backends.<part>.path` is its local checkpoint. A backend whose checkpoint is absent raises
-`BackendUnavailable` naming the params key; nothing ever falls back to another backend.
+docs/architecture.md "Two profiles, one code path": `backends.<part>.name` selects an
+implementation, `backends.<part>.path` is its local checkpoint. A backend whose checkpoint is
+absent raises `BackendUnavailable` naming the params key; nothing ever falls back to another
+backend.
 
 Conventions shared by all audio backends: waveforms are mono float32 numpy arrays, given
 with their sample rate; the backend converts to its own rate (`resample`) and batches as

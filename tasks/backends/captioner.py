@@ -1,7 +1,7 @@
 """Captioner backends (`backends.captioner`): `embedded` and `transformers` (paper scale).
 
 Step 1 of paper 003 §4.3 re-captions every audio clip with a music captioner (LP-MusicCaps
-there; the ATTM captions come from Qwen2-Audio-7B-Instruct and Music Flamingo, REFERENCE.md
+there; the ATTM captions come from Qwen2-Audio-7B-Instruct and Music Flamingo, docs/reference.md
 §B.1). The refinement that follows (CLAP filter, LLM fusion) reads only the strings.
 
 * `embedded`: zero-shot tagging with the CLAP backend it is given (the tiny CLAP of the
@@ -9,7 +9,7 @@ there; the ATTM captions come from Qwen2-Audio-7B-Instruct and Music Flamingo, R
   naming the tags. Prompt ensembling as in CLIP / CLAP zero-shot classification: a class
   is the renormalised mean of the unit text embeddings of templates x surface words.
 * `transformers`: an audio-language model (Qwen2-Audio, Music Flamingo, ...) from one local
-  save_pretrained directory, prompted as the ATTM Qwen2-Audio captions were (REFERENCE.md
+  save_pretrained directory, prompted as the ATTM Qwen2-Audio captions were (docs/reference.md
   §B.2), greedy decoding.
 """
 
@@ -38,7 +38,7 @@ CaptionerLoader = Callable[[ClapBackend, CaptionParams], CaptionerBackend]
 # `captions` params it needs (the embedded one tags with that CLAP).
 CAPTIONERS: Registry[CaptionerLoader] = Registry("captioner")
 
-# REFERENCE.md §B.2: the Qwen2-Audio captioning prompt of the ATTM-related script.
+# docs/reference.md §B.2: the Qwen2-Audio captioning prompt of the ATTM-related script.
 CAPTION_PROMPT = (
     "Generate a detailed caption for this music piece, primarily focusing on "
     "instrumentation, genre, mood, rhythm, and scenario."

@@ -1,16 +1,16 @@
 """CLAP backends (`backends.clap`): `laion`, `hf` (paper scale) and `embedded`.
 
 The CLAP score of a clip and a caption is the dot product of their L2-normalised
-embeddings (paper 000 §II-A; REFERENCE.md §E).
+embeddings (paper 000 §II-A; docs/reference.md §E).
 
 * `laion`: the LAION-CLAP code itself (via `laion_clap_loader`, no torchvision, no hub),
   a laion `.pt` checkpoint at `backends.clap.path` and a local roberta-base directory at
   `backends.clap.text_model_path`. This is what the baseline, av-benchmark and QA-MDT use
-  with music_speech_audioset_epoch_15_esc_89.98.pt (REFERENCE.md §E).
+  with music_speech_audioset_epoch_15_esc_89.98.pt (docs/reference.md §E).
 * `hf`: the transformers port (`ClapModel` + `ClapProcessor`, e.g. laion/larger_clap_music)
   from one save_pretrained directory at `backends.clap.path`.
 
-Both take clips of at most 10 s (REFERENCE.md pitfall 10: laion and the HF feature
+Both take clips of at most 10 s (docs/reference.md pitfall 10: laion and the HF feature
 extractor crop longer input at random); callers split longer audio into fixed windows.
 """
 
@@ -51,7 +51,7 @@ def _mono_windows(
     """Each clip resampled to `target_rate`; refuses empty, multichannel or too long clips.
 
     Long clips are refused rather than cropped: both CLAP front ends would take a random
-    crop (REFERENCE.md pitfall 10), which makes scores irreproducible.
+    crop (docs/reference.md pitfall 10), which makes scores irreproducible.
     """
     if len(waveforms) == 0:
         raise ValueError("empty batch")
@@ -102,7 +102,7 @@ def infer_htsat_variant(shapes: Mapping[str, tuple[int, ...]]) -> str:
     """The laion `amodel` whose architecture matches a checkpoint's state-dict shapes.
 
     laion checkpoints do not record their `amodel`; `CLAP_Module` is simply told (e.g.
-    'HTSAT-base' for the music checkpoint, REFERENCE.md §E). The shapes do tell: the audio
+    'HTSAT-base' for the music checkpoint, docs/reference.md §E). The shapes do tell: the audio
     projection's input width is the config's `embed_dim` (tiny 768, base 1024, large 2048)
     and the STFT kernel length its `window_size` (1024, or 1536 for HTSAT-tiny-win-1536).
     Only HTSAT configs without fusion are accepted (the input builder is non-fusion).

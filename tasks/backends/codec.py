@@ -9,10 +9,10 @@ belong to the `latents` stage, which fits them on the train split.
 * `mel25` (`tasks/backends/mel_codec.py`): analytic log-mel at 25 Hz x 64, no checkpoint;
   `backends.codec.path` is unused.
 * `ace-step` (paper 000): ACE-Step 1.5's audio VAE, diffusers `AutoencoderOobleck`, 48 kHz
-  stereo, 25 Hz x 64, no scaling factor (REFERENCE.md §F.1). `path` is the VAE directory
+  stereo, 25 Hz x 64, no scaling factor (docs/reference.md §F.1). `path` is the VAE directory
   (or an ACE-Step checkpoint directory holding it as `vae/`).
 * `audioldm2` (paper 003): the AudioLDM2-style mel VAE + HiFi-GAN that QA-MDT uses
-  (REFERENCE.md §C.1, §C.4): `path` is a diffusers AudioLDM2 pipeline directory with
+  (docs/reference.md §C.1, §C.4): `path` is a diffusers AudioLDM2 pipeline directory with
   `vae/` (`AutoencoderKL`) and `vocoder/` (transformers `SpeechT5HifiGan`).
 
 `load_codec(choice, mel25)` is the entry point. The registry's loaders return a factory
@@ -48,7 +48,7 @@ from tasks.params import BackendChoice, Mel25Params
 CodecFactory = Callable[[Mel25Params], CodecBackend]
 CODEC_BACKENDS: Registry[CodecFactory] = Registry("codec")
 
-# QA-MDT's mel front end (qa_mdt.yaml preprocessing, REFERENCE.md §C.1): 16 kHz, STFT
+# QA-MDT's mel front end (qa_mdt.yaml preprocessing, docs/reference.md §C.1): 16 kHz, STFT
 # filter and window 1024, mel 0-8000 Hz. Hop and band count come from the vocoder's config
 # (160 = product of its upsample rates, 64 = model_in_dim): they must match the vocoder
 # the VAE's mels are decoded with.
@@ -97,11 +97,11 @@ class OobleckCodec:
             raise ValueError(f"clips shorter than one latent frame ({self.hop_length} samples)")
         device, dtype = _model_device_dtype(self.vae)
         audio = torch.from_numpy(clips[:, : frames * self.hop_length]).to(device, dtype)
-        # The VAE takes stereo: a mono clip is duplicated to every channel (REFERENCE
-        # pitfall 15), one call per 10 s clip, never tiled.
+        # The VAE takes stereo: a mono clip is duplicated to every channel (docs/reference.md
+        # docs/reference.md pitfall 15), one call per 10 s clip, never tiled.
         stereo = audio.unsqueeze(1).expand(-1, self.audio_channels, -1)  # [N, 2, samples]
         posterior = self.vae.encode(stereo).latent_dist
-        # ACE-Step samples the posterior (REFERENCE pitfall 5); the cache stores its mean so
+        # ACE-Step samples the posterior (docs/reference.md pitfall 5); the cache stores its mean so
         # that encoding is deterministic and a rerun of the stage reproduces it bit for bit.
         mean = posterior.mean  # [N, latent_dim, frames]
         if mean.shape[-1] != frames:
@@ -113,7 +113,7 @@ class OobleckCodec:
         """[N, T * hop] float32 mono at 48 kHz: the decoded stereo's channel mean."""
         frames = _check_latents(latents, self.latent_dim)
         device, dtype = _model_device_dtype(self.vae)
-        # No scaling factor on either side (REFERENCE.md §F.1).
+        # No scaling factor on either side (docs/reference.md §F.1).
         stereo = self.vae.decode(frames.transpose(1, 2).to(device, dtype)).sample
         return stereo.mean(dim=1).float().cpu().numpy()  # [N, samples]
 

@@ -90,7 +90,8 @@ class EmbeddedClap:
 
 
 class EmbeddedQuality:
-    """The quality regressor: p-MOS on the reference code's scale (see tasks/quality.py)."""
+    """The quality regressor: p-MOS on the reference code's scale (see
+    tasks/backends/quality.py)."""
 
     def __init__(self, model: QualityRegressor) -> None:
         self.model = model.eval()

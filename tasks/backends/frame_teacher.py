@@ -1,6 +1,6 @@
 """Frame-teacher backends (`backends.frame_teacher`): `muq` (paper scale) and `embedded`.
 
-`muq` is MuQ (REFERENCE.md §F.2): mono 24 kHz in, `last_hidden_state` [N, frames, 1024]
+`muq` is MuQ (docs/reference.md §F.2): mono 24 kHz in, `last_hidden_state` [N, frames, 1024]
 at 25 Hz out (MuQConfig label_rate 25, encoder_dim 1024), the features paper 000 aligns
 the DiT to with REPA (eq. (5)). `MuqFrameTeacher` wraps any module with MuQ's forward
 signature and output type; `load_muq` builds it from the real package and checkpoint.
@@ -26,7 +26,7 @@ from tasks.params import BackendChoice
 
 FRAME_TEACHERS: Registry[FrameTeacherBackend] = Registry("frame_teacher")
 
-MUQ_SAMPLE_RATE = 24_000  # REFERENCE.md §F.2: MuQ takes mono 24 kHz waveforms
+MUQ_SAMPLE_RATE = 24_000  # docs/reference.md §F.2: MuQ takes mono 24 kHz waveforms
 MUQ_LABEL_RATE = 25  # MuQConfig.label_rate default: one feature vector per 40 ms
 MUQ_ENCODER_DIM = 1024  # MuQConfig.encoder_dim default
 MUQ_WHY = (

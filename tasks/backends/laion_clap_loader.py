@@ -334,7 +334,7 @@ def clap_audio_input(waveforms: torch.Tensor | Sequence[torch.Tensor]) -> list[d
     Replicates what hook.py builds with `training/data.py::get_audio_features` for clips of
     at most 10 s at 48 kHz: {"longer": tensor([False]), "waveform": (480000,) float}, shorter
     clips 'repeatpad'-ed (tiled, then zero-padded). Longer clips are refused rather than
-    cropped at random as laion does (REFERENCE.md pitfall 10): window them yourself.
+    cropped at random as laion does (docs/reference.md pitfall 10): window them yourself.
     No int16 round trip (as hook.py with `use_tensor=True`); quantise first to match its
     numpy path bit for bit.
     """

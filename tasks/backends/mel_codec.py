@@ -2,12 +2,12 @@
 
 One front end, two framings:
 
-* `mel25` (DESIGN.md "Two profiles": the analytic stand-in for ACE-Step 1.5): 64 mel bands
-  at 25 frames/s at 16 kHz, the shape of ACE-Step 1.5 latents (paper 000 §III-A: 25 Hz
-  x 64; REFERENCE.md §F.1). Frames are centred like the embedded frame teacher's
+* `mel25` (docs/architecture.md "Two profiles": the analytic stand-in for ACE-Step 1.5): 64 mel
+  bands at 25 frames/s at 16 kHz, the shape of ACE-Step 1.5 latents (paper 000 §III-A: 25 Hz
+  x 64; docs/reference.md §F.1). Frames are centred like the embedded frame teacher's
   (`EmbeddedFrameTeacher`: frame k centred on sample k * hop), so REPA's frame-wise
   targets (paper 000 eq. (5)) line up with the latents.
-* AudioLDM's (paper 003's mel VAE input, REFERENCE.md §C.1): QA-MDT's
+* AudioLDM's (paper 003's mel VAE input, docs/reference.md §C.1): QA-MDT's
   `mel_spectrogram_train` pads (n_fft - hop) / 2 on each side and runs a non-centred STFT,
   frame k centred on sample (k + 1/2) * hop.
 
@@ -97,7 +97,8 @@ class MelFrontEnd:
 
     @cached_property
     def filterbank(self) -> torch.Tensor:
-        """[n_mels, n_fft // 2 + 1], librosa's slaney mel (keyword args: REFERENCE pitfall 12)."""
+        """[n_mels, n_fft // 2 + 1], librosa's slaney mel (keyword args: docs/reference.md pitfall
+        12)."""
         basis = librosa.filters.mel(
             sr=self.sample_rate,
             n_fft=self.n_fft,

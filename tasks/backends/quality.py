@@ -6,7 +6,7 @@ local save_pretrained directory with `AutoModelForAudioClassification` and
 
 Paper 003 §4.1 scores training audio with Ragano et al.'s wav2vec2 p-MOS model fine-tuned
 on vinyl recordings (QAMA, `alessandroragano/music-archive-quality-prediction`, ICASSP 2023;
-REFERENCE.md §C.3; which of its 4 checkpoints QA-MDT used is unknown). QAMA ships as
+docs/reference.md §C.3; which of its 4 checkpoints QA-MDT used is unknown). QAMA ships as
 fairseq `.pt` files (a 768-d wav2vec2 SSL checkpoint + `QAMA` heads, `mos_predictors.py`)
 and must be exported to this format once, outside this project:
 * the fairseq wav2vec2 -> `Wav2Vec2Model` (transformers' own conversion script);

@@ -2,7 +2,7 @@
 
 Both are transformers encoders read from a local directory with `local_files_only=True`
 and `use_safetensors=True` (no pickle is ever unpickled). `encode` follows the reference
-FluxAudio extraction (REFERENCE.md §A.4): pad to `max_length` = 77, truncate, keep the
+FluxAudio extraction (docs/reference.md §A.4): pad to `max_length` = 77, truncate, keep the
 padded positions, and return the mask alongside. `sentence_embedding` is the masked mean
 + L2 normalisation that sentence-transformers configures for all-MiniLM-L6-v2; the embedded
 CLAP's text tower is that frozen embedding plus a trained projection.
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tasks.backends.base import Registry, TextEncoderBackend, require_package, require_path
 from tasks.params import BackendChoice
 
-MAX_LENGTH = 77  # REFERENCE.md §A.4: T5 tokenised to 77 positions, padded
+MAX_LENGTH = 77  # docs/reference.md §A.4: T5 tokenised to 77 positions, padded
 SENTENCE_MAX_LENGTH = 256  # all-MiniLM-L6-v2's max_seq_length (sentence_bert_config.json)
 
 TEXT_ENCODERS: Registry[TextEncoderBackend] = Registry("text_encoder")

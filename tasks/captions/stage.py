@@ -60,7 +60,6 @@ class CaptionBackends:
     rewriter: RewriterBackend
 
 
-
 class CachedClap:
     """A ClapBackend whose audio embeddings go through the content cache `curate` filled."""
 
@@ -234,6 +233,7 @@ def caption_segments(
 
 
 # --------------------------------------------------------------------------- stage
+
 
 def run(params: Params) -> dict:
     """Caption the kept segments of data/curated into data/captions and reports/."""

@@ -1,5 +1,5 @@
 """Text-to-latent-to-audio with a trained backbone: conditions, guided ODE sampling, decoding,
-CLAP scoring and QA-MDT's best-of-n reranking (REFERENCE.md §C.4, off by default)."""
+CLAP scoring and QA-MDT's best-of-n reranking (docs/reference.md §C.4, off by default)."""
 
 from __future__ import annotations
 
@@ -92,7 +92,6 @@ def prompt_conditions(
     return condition, null_condition
 
 
-
 @torch.no_grad()
 def generate_latents(
     backbone: FluxAudio,
@@ -139,7 +138,7 @@ def generate_audio(
     generator: torch.Generator,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(audio [B, samples], CLAP score [B] or None); with sample.best_of = n > 1, n candidates
-    per prompt and the best by CLAP score is kept (QA-MDT's inference, REFERENCE.md §C.4)."""
+    per prompt and the best by CLAP score is kept (QA-MDT's inference, docs/reference.md §C.4)."""
     if sample.best_of > 1 and clap is None:
         raise ValueError("sample.best_of > 1 needs a CLAP backend (backends.clap)")
     best_audio, best_score = None, None

@@ -2,7 +2,7 @@
 
 The paper maps a p-MOS score to a level by its distance from the data set's mean in units
 of its standard deviation (eq. (1), the Empirical Rule), and to a text prefix by two
-thresholds around the mean. The reference code (REFERENCE.md §C.3, `hhhh.py`) fixes
+thresholds around the mean. The reference code (docs/reference.md §C.3, `hhhh.py`) fixes
 μ = 3.80, σ = 0.20 and the bins
 
     level 1: p < μ-2σ    2: [μ-2σ, μ-σ)    3: [μ-σ, μ+σ)    4: [μ+σ, μ+2σ)    5: p >= μ+2σ
@@ -53,7 +53,7 @@ def quality_level(pmos: np.ndarray, mean: float, std: float, edges_std: list[flo
 def quality_prefix(
     pmos: np.ndarray, mean: float, std: float, edges_std: list[float], prefixes: list[str]
 ) -> np.ndarray:
-    """low if p <= μ+e0·σ, high if p >= μ+e1·σ, else medium (REFERENCE.md §C.3)."""
+    """low if p <= μ+e0·σ, high if p >= μ+e1·σ, else medium (docs/reference.md §C.3)."""
     low_edge, high_edge = (mean + std * e for e in edges_std)
     values = np.asarray(pmos, dtype=np.float64)
     index = np.where(values <= low_edge, 0, np.where(values >= high_edge, 2, 1))

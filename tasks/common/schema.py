@@ -125,7 +125,7 @@ CAPTION_COLUMNS: dict[str, str] = {
 
 
 def numeric_id(path: str) -> str:
-    """The baseline's sample id: the digits of the stem (REFERENCE.md §B.1),
+    """The baseline's sample id: the digits of the stem (docs/reference.md §B.1),
     e.g. 00/1085700_instrumental.mp3 -> 1085700; a stem without digits is its own id."""
     stem = Path(path).stem
     digits = re.search(r"\d+", stem)

@@ -1,6 +1,6 @@
 """Ingest a real dataset (ICME 2026 ATTM / MTG-Jamendo layout) into the corpus schema.
 
-Layout (REFERENCE.md §B.1):
+Layout (docs/reference.md §B.1):
 
     {audio_root}/{last-2-digits-of-id}/{id}_instrumental.mp3     e.g. 00/1085700_instrumental.mp3
     captions: JSON list [{"path": "00/1085700.mp3", "caption": "..."}, ...], path relative
@@ -89,7 +89,7 @@ def _read_rows(path: Path) -> list[dict]:
     elif suffix == ".jsonl":
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     elif suffix in (".csv", ".tsv"):
-        # TSV: no quoting (the baseline replaces tabs/newlines in captions, REFERENCE.md §B.1)
+        # TSV: no quoting (the baseline replaces tabs/newlines in captions, docs/reference.md §B.1)
         options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
         rows = list(csv.DictReader(text.splitlines(), **options))
     else:
@@ -141,7 +141,6 @@ def scan_audio(root: Path, extensions: list[str]) -> list[str]:
     wanted = {ext.lower() for ext in extensions}
     found = (p for p in root.rglob("*") if p.suffix.lower() in wanted and p.is_file())
     return sorted(p.relative_to(root).as_posix() for p in found)
-
 
 
 def assign_ids(paths: list[str]) -> dict[str, str]:

@@ -1,9 +1,10 @@
 """`corpus` stage: the embedded music corpus with ground truth, or a real dataset ingested.
 
 Writes `data/corpus/` (audio/*.flac, tracks.parquet, rejects.parquet, eval_prompts.parquet)
-atomically as one directory, and `reports/corpus.json` (DVC metrics). Schema: tasks/common/schema.py.
+atomically as one directory, and `reports/corpus.json` (DVC metrics). Schema:
+tasks/common/schema.py.
 
-The embedded corpus (DESIGN.md "The embedded corpus"): seeded multi-section pieces with
+The embedded corpus (docs/architecture.md "The embedded corpus"): seeded multi-section pieces with
 known genre, instruments, tempo, key/mode, mood, metre and chords; captions in the three
 ATTM styles; a controlled fraction of wrong or partly wrong captions and of degraded audio
 with a known quality level. Noise is applied to train and val only: the test split is the

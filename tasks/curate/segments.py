@@ -188,7 +188,7 @@ def normalise_scores(scores: np.ndarray, floor: float, clip_at: float) -> np.nda
     """S = clip((score - floor) / (clip_at - floor), 0, 1) (paper 000 §II-C).
 
     The paper says only that S is "normalised to [0, 1]" and that scores above the training
-    set's 75th percentile count as perfect, S = 1 (REFERENCE.md §A.9 [U]: the mapping is
+    set's 75th percentile count as perfect, S = 1 (docs/reference.md §A.9 [U]: the mapping is
     not given). We take the tier floor, the medium threshold (the lowest score a kept
     segment can have), as S = 0 and the percentile `clip_at` as S = 1, linear in between.
     If `clip_at` does not exceed the floor every kept segment is at the clip: S = 1.

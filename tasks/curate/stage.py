@@ -138,9 +138,8 @@ def scan_candidates(
                 yield window
 
 
-
-
 # --------------------------------------------------------------------------- scoring
+
 
 def clap_scores(
     tracks: pd.DataFrame, corpus_root: Path, params: Params, scorers: Scorers
@@ -216,6 +215,7 @@ def curate_segments(
 
 
 # --------------------------------------------------------------------------- stage
+
 
 def run(params: Params) -> dict:
     """Curate the corpus under `data.root` into data/curated and reports/ (cwd-relative)."""

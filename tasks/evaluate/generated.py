@@ -46,7 +46,7 @@ def generate_set(
     level: int | None = None,
 ) -> GeneratedSet:
     """len(seeds) clips per prompt, seed-major; QA-MDT's best-of-n reranking by CLAP score
-    applies when `sample.best_of` > 1 (REFERENCE.md §C.4)."""
+    applies when `sample.best_of` > 1 (docs/reference.md §C.4)."""
     level = requested_level(backbone, params, level)
     with_token = backbone.quality_embedding is not None
     frames = backbone.config.latent_seq_len

@@ -2,9 +2,9 @@
 
 Embedded profile: the corpus's held-out concise prompts (`eval_prompts.parquet`, drawn from
 the test split, with the source track's attributes) and the test split's audio. Paper scale:
-a prompt TSV in the challenge's split format (`id<TAB>caption`, REFERENCE.md §B.1) and a
+a prompt TSV in the challenge's split format (`id<TAB>caption`, docs/reference.md §B.1) and a
 folder of reference audio; a reference file whose stem is a prompt id is that prompt's pair
-(audioldm_eval pairs generated and reference clips by file name, REFERENCE.md §F.3).
+(audioldm_eval pairs generated and reference clips by file name, docs/reference.md §F.3).
 
 Reference windows follow the challenge's `partition_clips.py` (§B.1): `windows` evenly
 spaced 10-s windows per file. A file that cannot be used is recorded with its reason

@@ -3,7 +3,7 @@
 Every set of clips (generations, reference windows, a baseline) goes through `score_clips`
 once; the set-level metrics and their intervals are computed from these arrays
 (tasks/evaluate/summary.py). The classifier of paper 003's KL / IS (PANNs over AudioSet in
-audioldm_eval, REFERENCE.md §F.3) is here the CLAP backend's zero-shot tag distribution over
+audioldm_eval, docs/reference.md §F.3) is here the CLAP backend's zero-shot tag distribution over
 the corpus vocabulary (genres, instruments, moods): softmax(cos / T) over all tags, with
 CLIP's prompt ensembling as in the embedded captioner.
 """

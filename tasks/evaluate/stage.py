@@ -1,4 +1,5 @@
-"""The `evaluate` stage: generate for held-out prompts, score, report (DESIGN.md, the DAG).
+"""The `evaluate` stage: generate for held-out prompts, score, report
+(docs/architecture.md, the DAG).
 
 Generates `evaluate.generations_per_prompt` seeded clips per prompt with a trained model
 (`evaluate.checkpoint`, the fine-tuned one by default), then scores them against the
@@ -10,7 +11,7 @@ The p-MOS control curve of paper 003 Fig. 3 regenerates the prompts at every req
 quality level with the same noise.
 
 CCS (the ATTM challenge's Concept Coverage Score) is not computed: its definition is not in
-the challenge's published material we could read (REFERENCE.md §B.2), and the report says so.
+the challenge's published material we could read (docs/reference.md §B.2), and the report says so.
 
 Outputs: reports/metrics.json (DVC metrics), reports/evaluation.md, reports/evaluate/ (CSV
 + PNG plots, per-clip table), reports/listening/ (HTML page + audio, DVC-cached), and the

@@ -157,11 +157,12 @@ class LatentDataset(Dataset[Sample]):
         index = range(len(self))[index]  # IndexError out of range; the seed needs index >= 0
         choice = draw(self.seed, self.epoch, index, len(self.columns), self.cfg_dropout)
         # Classifier-free guidance dropout, once, here: the text, its mask and the global
-        # CLAP condition become the empty text's, jointly (REFERENCE §A.5). The quality token
-        # keeps the sample's level (QA-MDT's training never drops the MOS token) unless
-        # `unconditional_level` fixes the unconditional branch's level (paper 003 eq. (7),
-        # REFERENCE §C.4: mos = 3): then dropped samples train exactly that branch. Dropping
-        # per sample (the FluxAudio rule), not per batch (QA-MDT), keeps every batch mixed.
+        # CLAP condition become the empty text's, jointly (docs/reference.md §A.5). The
+        # quality token keeps the sample's level (QA-MDT's training never drops the MOS
+        # token) unless `unconditional_level` fixes the unconditional branch's level (paper
+        # 003 eq. (7), docs/reference.md §C.4: mos = 3): then dropped samples train exactly
+        # that branch. Dropping per sample (the FluxAudio rule), not per batch (QA-MDT), keeps
+        # every batch mixed.
         text_id = (
             self.empty_text_id if choice.dropped else int(self.text_ids[index, choice.variant])
         )

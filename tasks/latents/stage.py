@@ -7,7 +7,7 @@ distinct text that training uses (every caption variant of `captions.pretrain_co
 the inference-style caption, and "" for classifier-free guidance): the text encoder's
 sequence + mask and the CLAP text embedding of the caption (the global condition).
 With `quality.use_prefix` the encoder reads "{prefix}, {caption}" (paper 003 §4.1,
-REFERENCE.md §C.3); the CLAP text embedding is of the caption alone.
+docs/reference.md §C.3); the CLAP text embedding is of the caption alone.
 
 Resumable: shards are written atomically in a fixed plan, finished shards are skipped on
 rerun, and the output is `persist: true` in dvc.yaml so DVC leaves it in place; a
@@ -77,7 +77,6 @@ def caption_columns(params: Params) -> list[str]:
     return list(dict.fromkeys([*params.captions.pretrain_columns, FINETUNE_COLUMN]))
 
 
-
 def text_table(table: pd.DataFrame, params: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(distinct texts with text_id, table with one text_id.<column> per caption variant)."""
     pairs = {("", "")}  # the empty text of classifier-free guidance
@@ -123,7 +122,7 @@ def align_frames(features: np.ndarray, source_rate: float, frames: int, rate: fl
 
     Frame i of either grid sits at time i / rate (centred STFT frames); linear
     interpolation in time, holding the last teacher frame past its end. Equal grids pass
-    through untouched (the embedded teacher and MuQ are both 25 Hz, REFERENCE.md §F.2).
+    through untouched (the embedded teacher and MuQ are both 25 Hz, docs/reference.md §F.2).
     """
     if features.shape[1] == frames and source_rate == rate:
         return features
@@ -172,6 +171,7 @@ def encode_texts(rows: pd.DataFrame, params: Params, encoders: Encoders) -> dict
 
 
 # --------------------------------------------------------------------------- stage
+
 
 def load_encoders(params: Params, cache: ScoreCache) -> Encoders:
     b = params.backends

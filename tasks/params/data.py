@@ -149,7 +149,7 @@ class QualityParams(Section):
     # The unconditional branch's quality level (paper 003 eq. (7)): null keeps the requested
     # level in both branches (text-only guidance; the training dropout keeps each sample's
     # level, as QA-MDT's training never drops the MOS token); a number fixes it, in training
-    # dropout and at sampling (QA-MDT's code: 3, REFERENCE.md §C.4).
+    # dropout and at sampling (QA-MDT's code: 3, docs/reference.md §C.4).
     unconditional_level: PositiveInt | None
 
     @model_validator(mode="after")
@@ -235,7 +235,8 @@ class ClapChoice(BackendChoice):
 
 
 class BackendParams(Section):
-    """DESIGN.md "Two profiles, one code path": each pretrained part behind a registry."""
+    """docs/architecture.md "Two profiles, one code path": each pretrained part behind a
+    registry."""
 
     clap: ClapChoice
     text_encoder: BackendChoice

@@ -15,7 +15,7 @@ class EvaluateParams(Section):
     `checkpoint` is a training stage's output folder (model.safetensors + model.json), so any
     trained model can be evaluated; dvc.yaml depends on it through `${evaluate.checkpoint}`.
     `prompts` null = the corpus's held-out concise prompts, else a TSV with the header
-    `id<TAB>caption` (the challenge's split files, REFERENCE.md §B.1). `reference_audio` null =
+    `id<TAB>caption` (the challenge's split files, docs/reference.md §B.1). `reference_audio` null =
     the corpus's test split, else a folder of audio files; a file whose stem is a prompt id is
     that prompt's reference (audioldm_eval's pairing by file name, for the paired KL).
     """

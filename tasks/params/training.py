@@ -73,7 +73,7 @@ class ModelParams(Section):
 # --------------------------------------------------------------------------- training
 class TimestepParams(Section):
     """Paper 000 §II-C eq. (1)-(2): t ~ Beta(1 + λ(1 - S), 1) when λ > 0; otherwise `law`,
-    uniform (the paper's base) or the reference's logit-normal (REFERENCE.md §A.5)."""
+    uniform (the paper's base) or the reference's logit-normal (docs/reference.md §A.5)."""
 
     law: Literal["uniform", "logit_normal"]
     logit_normal_mean: float
@@ -83,7 +83,7 @@ class TimestepParams(Section):
 
 
 class OptimParams(Section):
-    """Paper 000 Table II and the reference runner (REFERENCE.md §A.7)."""
+    """Paper 000 Table II and the reference runner (docs/reference.md §A.7)."""
 
     steps: PositiveInt
     batch_size: PositiveInt
@@ -118,7 +118,7 @@ class TrainParams(Section):
     timestep: TimestepParams
     cfg_dropout: Fraction
     ema: EmaParams
-    # REFERENCE.md §C.3: QA-MDT's hidden rejection sampling, accept with exp(5·mos)/C.
+    # docs/reference.md §C.3: QA-MDT's hidden rejection sampling, accept with exp(5·mos)/C.
     quality_resampling: bool
     log_every: PositiveInt  # steps per logged (averaged) training-metrics row
     validation_batches: PositiveInt  # fixed val batches (seeded t and noise) per evaluation
@@ -135,10 +135,10 @@ class FinetuneParams(Section):
 
 
 class SampleParams(Section):
-    """ODE sampling (REFERENCE.md §A.6) with classifier-free / quality-aware guidance."""
+    """ODE sampling (docs/reference.md §A.6) with classifier-free / quality-aware guidance."""
 
     solver: Literal["euler", "heun"]
     steps: PositiveInt
     cfg_scale: Annotated[float, Field(ge=0.0)]
-    # REFERENCE.md §C.4: QA-MDT keeps the best of n candidates by CLAP score; 1 = off.
+    # docs/reference.md §C.4: QA-MDT keeps the best of n candidates by CLAP score; 1 = off.
     best_of: PositiveInt

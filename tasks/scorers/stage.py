@@ -1,7 +1,7 @@
 """Stage `scorers`: train the embedded CLAP and p-MOS stand-ins, or check the real ones.
 
-Embedded backends (DESIGN.md "Two profiles") are trained here on the corpus train split and
-saved as safetensors + config.json under artifacts/scorers/. Real backends (laion, hf, t5,
+Embedded backends (docs/architecture.md "Two profiles") are trained here on the corpus train split
+and saved as safetensors + config.json under artifacts/scorers/. Real backends (laion, hf, t5,
 pmos, muq) are loaded once to check them and their identity (path, bytes, SHA-256) is
 recorded in artifacts/scorers/identity.json, so a changed checkpoint is visible in
 `dvc.lock`'s history and MLflow. Either way the selected CLAP and quality backends are then

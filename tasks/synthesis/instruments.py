@@ -2,7 +2,7 @@
 
 Each voice returns one note as float32 mono, `duration` seconds plus its own release.
 The families are chosen so timbres differ in measurable ways (spectral centroid,
-flatness, harmonicity, attack and decay), which tests/test_synthesis.py checks.
+flatness, harmonicity, attack and decay), which tests/corpus/test_synthesis.py checks.
 """
 
 from __future__ import annotations

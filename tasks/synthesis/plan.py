@@ -1,6 +1,6 @@
 """The corpus generator's plan: which tracks exist, whose captions are wrong or partly wrong,
-which recordings are degraded and at what level (the embedded corpus, DESIGN "The embedded
-corpus" in docs/architecture.md).
+which recordings are degraded and at what level (the embedded corpus, docs/architecture.md "The
+embedded corpus").
 
 Shared by the `corpus` stage, which renders the plan, and the `scorers` stage, which draws
 its own disjoint pretraining pairs from the same generator with another seed stream.
@@ -68,7 +68,8 @@ def write_captions(specs: list[TrackSpec], noise: dict[str, str], seed: int) -> 
     """Captions of every track, honest or corrupted as planned, with their provenance."""
     claims = {spec.track_id: claims_of(spec) for spec in specs}
     honest = {
-        s.track_id: describe(claims[s.track_id], stream_rng(seed, 3, i)) for i, s in enumerate(specs)
+        spec.track_id: describe(claims[spec.track_id], stream_rng(seed, 3, index))
+        for index, spec in enumerate(specs)
     }
     rows = []
     for index, spec in enumerate(specs):

@@ -2,7 +2,8 @@
 
 This is the ground truth the captions are written from and that later stages tag against
 (zero-shot tagging, attribute accuracy), so every surface word maps to one concept: no
-genre or mood word hides inside an instrument phrase (tests/test_captions.py checks it).
+genre or mood word hides inside an instrument phrase (tests/captions/test_caption_text.py checks
+it).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ STAGE_CODES = {"pretrain": 0, "finetune": 1}
 
 
 def quality_acceptance(pmos: np.ndarray) -> np.ndarray:
-    """QA-MDT's hidden rejection sampling (REFERENCE.md §C.3): accept with exp(5·mos)/C, C
+    """QA-MDT's hidden rejection sampling (docs/reference.md §C.3): accept with exp(5·mos)/C, C
     = 623787092.85 (≈ 1 at mos 4.07); as sampling weights, the same law without rejections."""
     return np.minimum(1.0, np.exp(5.0 * np.nan_to_num(pmos, nan=0.0)) / 623_787_092.85)
 

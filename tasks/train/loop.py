@@ -71,7 +71,7 @@ class TrainResult:
 
 # --------------------------------------------------------------------------- schedule
 def learning_rate_factor(step: int, optim: OptimParams) -> float:
-    """Linear warm-up (step+1)/(warmup+1), then ×γ at each milestone (REFERENCE.md §A.7)."""
+    """Linear warm-up (step+1)/(warmup+1), then ×γ at each milestone (docs/reference.md §A.7)."""
     if step < optim.warmup_steps:
         return (step + 1) / (optim.warmup_steps + 1)
     passed = sum(step >= int(m * optim.steps) for m in optim.lr_milestones)

@@ -104,6 +104,6 @@ def build_model(
 
 
 def with_latent_stats(model: FlowMatchingModel, mean: torch.Tensor, std: torch.Tensor) -> None:
-    """Per-channel normalisation from the cache's train-split stats (REFERENCE.md §A.5)."""
+    """Per-channel normalisation from the cache's train-split stats (docs/reference.md §A.5)."""
     with torch.no_grad():
         model.backbone.set_latent_stats(mean.float(), std.float())

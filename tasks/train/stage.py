@@ -70,7 +70,6 @@ def datasets(params: Params, stage: str) -> tuple[LatentDataset, LatentDataset]:
     return train_set, val_set
 
 
-
 def fingerprint(params: Params, stage: str, inputs: Sequence[Path]) -> str:
     digest = hashlib.sha256(json.dumps(tracked_params(params, stage), sort_keys=True).encode())
     digest.update(json.dumps(read_manifest(Path(params.latents.root))["fingerprint"]).encode())
@@ -96,6 +95,7 @@ def initial_weights(model: FlowMatchingModel, stage: str, config) -> list[Path]:
 # --------------------------------------------------------------------------- samples
 
 # --------------------------------------------------------------------------- reports
+
 
 # --------------------------------------------------------------------------- the stage
 def main(stage: str) -> None:

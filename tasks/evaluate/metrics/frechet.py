@@ -1,5 +1,5 @@
 """Fréchet Audio Distance and its extrapolation to infinite sample size, FAD∞ (Gui et al.
-2024, cited by paper 003), over any embedding (REFERENCE.md pitfall 14)."""
+2024, cited by paper 003), over any embedding (docs/reference.md pitfall 14)."""
 
 from __future__ import annotations
 
@@ -224,9 +224,9 @@ def fad_infinity_fit(
     Subsets are drawn WITHOUT replacement by default, as FID-infinity's code does (shuffle and
     take the first n). fadtk draws WITH replacement (`replace=True` reproduces it), but then
     the subsets scatter around the full-sample statistics and the intercept recovers the
-    biased FAD_N instead of removing the bias (tests/test_eval_metrics.py shows it). Only the
-    generated side is extrapolated; the reference set's own finite-M bias stays, so use a large
-    reference set and report M.
+    biased FAD_N instead of removing the bias (tests/evaluate/test_eval_metrics.py shows it).
+    Only the generated side is extrapolated; the reference set's own finite-M bias stays, so use
+    a large reference set and report M.
     """
     gen = as_matrix(generated, "generated", min_rows=3)
     distance = FrechetToReference(reference)

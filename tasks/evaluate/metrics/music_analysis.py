@@ -63,7 +63,7 @@ TEMPO_HOP = 256
 MIN_ONSETS = 4
 MIN_BEATS_TO_REFINE = 4
 
-# Key. Calibrated on the embedded corpus and noise (see tests/test_music_analysis.py):
+# Key. Calibrated on the embedded corpus and noise (see tests/evaluate/test_music_analysis.py):
 # the best profile correlation of 10-s music windows is >= 0.57 (5th percentile 0.72),
 # while white noise reaches up to 0.76 by chance on 12 near-equal bins, so correlation
 # alone cannot reject noise; the chroma contrast (coefficient of variation of the mean

@@ -17,15 +17,15 @@ from tests.conftest import REPO
 KILLED = """Reproducing experiment 's-t1'
 Stage 'latents' didn't change, skipping
 Running stage 'pretrain':
-> python -m tasks.pretrain
-ERROR: failed to reproduce 'pretrain': failed to run: python -m tasks.pretrain, exited with -9
+> python -m tasks.train pretrain
+ERROR: failed to reproduce 'pretrain': failed to run: python -m tasks.train pretrain, exited with -9
 """
 RAISED = """Running stage 'finetune':
-> python -m tasks.finetune
+> python -m tasks.train finetune
 Traceback (most recent call last):
   File "x.py", line 1, in <module>
 ValueError: non-finite loss at step 7 (samples [3, 9])
-ERROR: failed to reproduce 'finetune': failed to run: python -m tasks.finetune, exited with 1
+ERROR: failed to reproduce 'finetune': failed to run: python -m tasks.train finetune, exited with 1
 """
 
 

@@ -149,7 +149,7 @@ def test_cfg_dropout_rate_and_unconditional_sample(root):
         for index in range(len(dataset)):
             sample = dataset[index]
             dropped.append(bool(sample["dropped"]))
-            if sample["dropped"]:  # paper 003 / REFERENCE §C.4: empty text and mos = 3
+            if sample["dropped"]:  # paper 003 / docs/reference.md §C.4: empty text and mos = 3
                 assert sample["text_id"].item() == EMPTY_TEXT_ID
                 assert torch.equal(sample["text"], empty["sequence"].float())
                 assert torch.equal(sample["text_mask"], empty["mask"])

@@ -41,7 +41,7 @@ REFERENCE_EDGES = [-2.0, -1.0, 1.0, 2.0]
     [(3.39, 1), (3.40, 2), (3.59, 2), (3.60, 3), (3.99, 3), (4.00, 4), (4.19, 4), (4.20, 5)],
 )
 def test_levels_match_the_reference_vq_mos_table(pmos, level):
-    """REFERENCE.md §C.3 (hhhh.py): μ = 3.80, σ = 0.20, bins at μ ± σ and μ ± 2σ."""
+    """docs/reference.md §C.3 (hhhh.py): μ = 3.80, σ = 0.20, bins at μ ± σ and μ ± 2σ."""
     assert quality_level(np.array([pmos]), 3.80, 0.20, REFERENCE_EDGES)[0] == level
 
 

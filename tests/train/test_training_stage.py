@@ -56,7 +56,7 @@ def test_batch_plan_is_a_function_of_the_step() -> None:
 
 
 def test_quality_resampling_follows_the_reference_acceptance() -> None:
-    """REFERENCE.md §C.3: exp(5·mos)/623787092.85, ≈ 1 at mos 4.07, 0.29 at 3.8."""
+    """docs/reference.md §C.3: exp(5·mos)/623787092.85, ≈ 1 at mos 4.07, 0.29 at 3.8."""
     accept = quality_acceptance(np.array([3.4, 3.8, 4.07, 4.5, np.nan]))
     assert accept[1] == pytest.approx(0.287, abs=0.005)
     assert accept[2] == pytest.approx(1.0, abs=0.01) and accept[3] == 1.0 and accept[4] < 1e-8

@@ -124,12 +124,12 @@ def _processes() -> list[tuple[int, int, list[bytes], list[bytes]]]:
 
 
 def _trial_process(study_name: str, trial: int, marker: bytes, timeout: float = 600) -> int:
-    """The pid of the process whose argv contains `marker`, started for `trial`."""
+    """The pid of the process whose NUL-joined argv contains `marker`, started for `trial`."""
     wanted = {f"TTM_OPTUNA_STUDY={study_name}".encode(), f"TTM_OPTUNA_TRIAL={trial}".encode()}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid, _, command, environ in _processes():
-            if any(marker in part for part in command) and wanted <= set(environ):
+            if marker in b"\0".join(command) and wanted <= set(environ):
                 return pid
         time.sleep(0.2)
     raise TimeoutError(f"no {marker!r} process of trial {trial} of {study_name} appeared")
@@ -162,7 +162,7 @@ def test_killed_trials_are_recorded_failed_and_the_sweep_finishes_the_others(sta
     )  # fmt: skip
     assert created.returncode == 0, created.stdout + created.stderr
     flow_run_id = next(line.split()[-1] for line in created.stdout.splitlines() if "UUID" in line)
-    os.kill(_trial_process("killed", 0, b"tasks.pretrain"), signal.SIGKILL)
+    os.kill(_trial_process("killed", 0, b"tasks.train\0pretrain"), signal.SIGKILL)
     experiment = _trial_process("killed", 1, b"dvc")  # `dvc exp run`, child of the flow run
     _kill_tree(_parent(experiment))
     deadline = time.monotonic() + 1200

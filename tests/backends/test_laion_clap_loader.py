@@ -94,7 +94,8 @@ def test_embeddings_shapes_and_norms(clap: torch.nn.Module, text_model_dir: Path
 
 def test_checkpoint_round_trip(clap: torch.nn.Module, text_model_dir: Path, tmp_path: Path) -> None:
     state = {f"module.{k}": v for k, v in clap.state_dict().items()}
-    # laion checkpoints written with transformers < 4.31 carry this buffer (pitfall 8)
+    # laion checkpoints written with transformers < 4.31 carry this buffer (docs/reference.md
+    # pitfall 8)
     state["module.text_branch.embeddings.position_ids"] = torch.arange(80)[None]
     checkpoint = tmp_path / "clap.pt"
     torch.save({"epoch": 1, "state_dict": state}, checkpoint)

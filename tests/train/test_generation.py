@@ -14,7 +14,7 @@ from tasks.backends.mel_codec import Mel25Codec
 from tasks.common.generation import generate_audio, generate_latents, quality_levels
 from tasks.params import Params, SampleParams, merge, read_yaml
 from tests.conftest import REPO
-from tests.test_fluxaudio import TINY, randomised
+from tests.models.test_fluxaudio import TINY, randomised
 
 
 def _params(**quality) -> Params:
@@ -86,7 +86,7 @@ class LoudnessClap:
 
 
 def test_best_of_n_keeps_the_best_candidate_per_prompt() -> None:
-    """QA-MDT's reranking (REFERENCE.md §C.4): per prompt, the highest-scoring candidate."""
+    """QA-MDT's reranking (docs/reference.md §C.4): per prompt, the highest-scoring candidate."""
     params = read_yaml(REPO / "params.yaml")
     codec = Mel25Codec(Params.from_mapping(params).latents.mel25)
     model = randomised(replace(TINY, latent_dim=codec.latent_dim))

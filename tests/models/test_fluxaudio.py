@@ -53,7 +53,8 @@ def _count(config: FluxAudioConfig) -> int:
 
 
 def test_table_ii_model_has_449m_parameters() -> None:
-    """Paper 000's "≈450M": 896 wide, 7 heads, 12 blocks of which 10 fused (REFERENCE §A.2)."""
+    """Paper 000's "≈450M": 896 wide, 7 heads, 12 blocks of which 10 fused (docs/reference.md
+    §A.2)."""
     assert _count(PRESETS["table2_450m"]) == pytest.approx(449.1e6, rel=1e-3)
 
 
@@ -85,7 +86,7 @@ def test_depth_counts_all_blocks() -> None:
 
 # --------------------------------------------------------------------------- forward
 def test_fresh_model_predicts_zero_velocity() -> None:
-    """Zero-initialised output layer (REFERENCE §A.3): training starts from v = 0."""
+    """Zero-initialised output layer (docs/reference.md §A.3): training starts from v = 0."""
     model = FluxAudio(TINY)
     out = model(**inputs(TINY))
     assert out.velocity.shape == (3, TINY.latent_seq_len, TINY.latent_dim)

@@ -64,7 +64,7 @@ def _caption(root: Path, raw: dict) -> None:
 
 def _latents(root: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tasks.latents.stage"],
+        [sys.executable, "-m", "tasks.latents"],
         cwd=root,
         env=_env(root),
         stdout=subprocess.PIPE,
@@ -97,7 +97,7 @@ def test_killed_run_resumes_to_the_same_cache(curated_workspace, tmp_path) -> No
     process.wait()
     assert not (killed / "data/latents/segments.parquet").exists()  # index is written last
     rerun = subprocess.run(
-        [sys.executable, "-m", "tasks.latents.stage"], cwd=killed, env=_env(killed),
+        [sys.executable, "-m", "tasks.latents"], cwd=killed, env=_env(killed),
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr

@@ -1,4 +1,5 @@
-"""tasks/corpus/ingest.py on a tiny dataset in the ATTM / MTG-Jamendo layout (REFERENCE.md §B.1)."""
+"""tasks/corpus/ingest.py on a tiny dataset in the ATTM / MTG-Jamendo layout (docs/reference.md
+§B.1)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tasks.common.schema import numeric_id
 from tasks.corpus.ingest import IngestResult, assign_ids, ingest_dataset, load_captions
 from tasks.params import CaptionSource, DataParams, Params, merge, read_yaml
 
-PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
+PARAMS_YAML = Path(__file__).resolve().parents[2] / "params.yaml"
 MIN_SECONDS = 1.0
 # relative path -> (seconds, sample rate, channels, write options); all decodable and kept
 GOOD = {
