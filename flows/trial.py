@@ -46,11 +46,21 @@ def claim(storage: str, study_name: str) -> tuple[studies.ClaimedTrial, studies.
 
 @task
 def run_experiment(
-    repo: Path, name: str, overrides: dict, environment: dict[str, str], log_path: Path,
+    repo: Path,
+    name: str,
+    *,
+    overrides: dict,
+    environment: dict[str, str],
+    log_path: Path,
     spec: studies.StudySpec,
-) -> tuple[dvc_runs.DvcResult, dict[str, float]]:  # fmt: skip
+) -> tuple[dvc_runs.DvcResult, dict[str, float]]:
     result = dvc_runs.run_experiment(
-        repo, name, overrides, environment, log_path, spec.trial_timeout_seconds
+        repo,
+        name,
+        overrides=overrides,
+        environment=environment,
+        log_path=log_path,
+        timeout_seconds=spec.trial_timeout_seconds,
     )
     get_run_logger().info("dvc exp run %s: %.1f s\n%s", name, result.seconds, result.log_tail)
     metrics = dvc_runs.read_metrics(repo, name, spec.metrics) if result.succeeded else {}
@@ -81,24 +91,52 @@ def open_trial(repo: Path, storage: str, study_name: str) -> TrialRun:
     study, _ = studies.load_study(storage, study_name)
     name = f"{study_name}-{claimed.label}"
     uri, experiment = tracking(repo)
-    tags = {"kind": f"{spec.kind}-trial", "study": study_name, "optuna.trial": str(claimed.number),
-            "dvc.experiment": name, "prefect.flow_run_id": str(flow_run.get_id())}  # fmt: skip
+    tags = {
+        "kind": f"{spec.kind}-trial",
+        "study": study_name,
+        "optuna.trial": str(claimed.number),
+        "dvc.experiment": name,
+        "prefect.flow_run_id": str(flow_run.get_id()),
+    }
     run_id = mlflow_runs.start_run(
-        mlflow_runs.client_for(uri), experiment, name, tags, claimed.overrides,
-        spec.mlflow_parent_run_id,
-    )  # fmt: skip
+        mlflow_runs.client_for(uri),
+        experiment,
+        name,
+        tags=tags,
+        params=claimed.overrides,
+        parent_run_id=spec.mlflow_parent_run_id,
+    )
     studies.record_attributes(
         study, claimed.number, {"dvc_experiment": name, "mlflow_run_id": run_id}
     )
-    return TrialRun(repo, storage, study, spec, claimed, name, uri, experiment, run_id)
+    return TrialRun(
+        repo=repo,
+        storage=storage,
+        study=study,
+        spec=spec,
+        claimed=claimed,
+        name=name,
+        tracking_uri=uri,
+        experiment=experiment,
+        mlflow_run_id=run_id,
+    )
 
 
-def execute(trial: TrialRun) -> tuple[bool, dict[str, float], str]:
-    """(succeeded, metrics, failure reason) of the trial's DVC experiment."""
+@dataclass(frozen=True)
+class ExperimentOutcome:
+    """How a trial's DVC experiment ended: its metrics, or why it failed."""
+
+    succeeded: bool
+    metrics: dict[str, float]
+    reason: str  # empty when it succeeded
+
+
+def execute(trial: TrialRun) -> ExperimentOutcome:
+    """Run the trial's DVC experiment with the trial's params, linked to its MLflow run."""
     try:
         dvc_runs.check_overrides(trial.repo, trial.claimed.overrides)
     except ParamsError as error:
-        return False, {}, str(error)
+        return ExperimentOutcome(succeeded=False, metrics={}, reason=str(error))
     environment = {
         "MLFLOW_TRACKING_URI": trial.tracking_uri,
         PARENT_RUN_ENV: trial.mlflow_run_id,
@@ -108,16 +146,23 @@ def execute(trial: TrialRun) -> tuple[bool, dict[str, float], str]:
         **pruning.trial_environment(trial.storage, trial.study.study_name, trial.claimed.number),
     }
     result, metrics = run_experiment(
-        trial.repo, trial.name, trial.claimed.overrides, environment, trial.log_path, trial.spec
+        trial.repo,
+        trial.name,
+        overrides=trial.claimed.overrides,
+        environment=environment,
+        log_path=trial.log_path,
+        spec=trial.spec,
     )
-    return result.succeeded, metrics, result.failure_reason()
+    return ExperimentOutcome(result.succeeded, metrics, result.failure_reason())
 
 
-def close(trial: TrialRun, succeeded: bool, metrics: dict, reason: str, seconds: float):
+def close(trial: TrialRun, outcome: ExperimentOutcome, seconds: float):
     """Record the outcome, the time split and the reason on the trial and its MLflow run."""
-    number = trial.claimed.number
+    number, metrics = trial.claimed.number, outcome.metrics
     pruned = pruning.pruned_step(trial.storage, trial.study.study_name, number)
-    state, value, reason = studies.trial_outcome(succeeded, reason, metrics, trial.spec, pruned)
+    state, value, reason = studies.trial_outcome(
+        outcome.succeeded, outcome.reason, metrics, trial.spec, pruned
+    )
     client = mlflow_runs.client_for(trial.tracking_uri)
     timings = mlflow_runs.stage_timings(client, trial.experiment, trial.mlflow_run_id)
     timings["trial_seconds"] = seconds
@@ -140,11 +185,12 @@ def ablation_trial(study_name: str, storage: str, root: str | None = None) -> di
     started = time.perf_counter()
     trial = open_trial(repository(root), storage, study_name)
     try:
-        succeeded, metrics, reason = execute(trial)
+        outcome = execute(trial)
     except Exception as error:  # closed as FAIL with the error, then the flow run fails too
-        close(trial, False, {}, f"{type(error).__name__}: {error}", time.perf_counter() - started)
+        crashed = ExperimentOutcome(False, {}, f"{type(error).__name__}: {error}")
+        close(trial, crashed, time.perf_counter() - started)
         raise
-    state, value = close(trial, succeeded, metrics, reason, time.perf_counter() - started)
+    state, value = close(trial, outcome, time.perf_counter() - started)
     if state == TrialState.FAIL:
-        raise TrialFailed(reason)
-    return {"trial": trial.claimed.number, "state": state.name, "value": value, **metrics}
+        raise TrialFailed(outcome.reason)
+    return {"trial": trial.claimed.number, "state": state.name, "value": value, **outcome.metrics}

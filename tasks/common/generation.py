@@ -128,6 +128,7 @@ def clap_scores(
 
 def generate_audio(
     backbone: FluxAudio,
+    *,
     condition: Condition,
     null_condition: Condition,
     prompts: Sequence[str],

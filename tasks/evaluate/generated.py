@@ -38,6 +38,7 @@ def requested_level(backbone: FluxAudio, params: Params, level: int | None) -> i
 def generate_set(
     backbone: FluxAudio,
     prompts: Sequence[str],
+    *,
     encoders: PromptEncoders,
     codec: CodecBackend,
     clap: ClapBackend,
@@ -61,7 +62,15 @@ def generate_set(
                 derived_seed(params.seed, level or 0, seed, chunk)
             )
             audio, _ = generate_audio(
-                backbone, condition, null, part, frames, params.sample, codec, reranker, generator
+                backbone,
+                condition=condition,
+                null_condition=null,
+                prompts=part,
+                frames=frames,
+                sample=params.sample,
+                codec=codec,
+                clap=reranker,
+                generator=generator,
             )
             clips.append(audio)
             prompt_index.append(np.arange(start, start + len(part)))

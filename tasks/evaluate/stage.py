@@ -152,7 +152,16 @@ def run(params: Params) -> EvaluationResult:
     torch.manual_seed(params.seed)
 
     def generate(seeds, level=None) -> GeneratedSet:
-        return generate_set(backbone, prompts, encoders, codec, clap, params, seeds, level)
+        return generate_set(
+            backbone,
+            prompts,
+            encoders=encoders,
+            codec=codec,
+            clap=clap,
+            params=params,
+            seeds=seeds,
+            level=level,
+        )
 
     generated = generate(range(e.generations_per_prompt))
     audio = {

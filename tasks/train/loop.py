@@ -225,43 +225,141 @@ def check_finite(terms: LossTerms, step: int, indices: Sequence[int], resume_ste
         )
 
 
+@dataclass
+class TrainingState:
+    """What a step changes: the weights (through the optimiser), the schedule, the EMA, the
+    step count and the history; all of it goes into a checkpoint."""
+
+    model: FlowMatchingModel  # unwrapped
+    wrapped: torch.nn.Module  # as prepared by accelerate (DDP on several processes)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: AveragedModel | None
+    step: int
+    history: History
+
+    @property
+    def evaluated(self) -> FlowMatchingModel:
+        """The weights that are validated and kept: the EMA's when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+@dataclass(frozen=True)
+class TrainingHooks:
+    """Where a run reports: metrics sink, validation callbacks, evaluation hook."""
+
+    log_metrics: Callable[[dict[str, float], int], None]
+    callbacks: Sequence[ValidationCallback] = ()
+    on_evaluate: EvaluationHook | None = None
+
+
+def start_or_resume(
+    model: FlowMatchingModel, spec: RunSpec, accelerator: Accelerator
+) -> TrainingState:
+    """Optimiser, schedule and EMA, restored from the last checkpoint of this fingerprint."""
+    if spec.optim.batch_size % accelerator.num_processes:
+        raise ValueError(
+            f"optim.batch_size {spec.optim.batch_size} is not divisible by "
+            f"{accelerator.num_processes} processes"
+        )
+    optimizer, scheduler = build_optimizer(model, spec.optim)
+    ema = make_ema(model, spec.train)
+    history, step = History(), 0
+    resume_from = checkpoints.latest_checkpoint(spec.checkpoint_dir, spec.fingerprint)
+    if resume_from is not None:
+        step, history = restore(resume_from, model, optimizer, scheduler, ema)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    if ema is not None:
+        ema.to(accelerator.device)
+    return TrainingState(model, wrapped, optimizer, scheduler, ema, step, history)
+
+
+def batch_plan(train_set: LatentDataset, spec: RunSpec) -> BatchPlan:
+    """The global batches of every epoch, reweighted by p-MOS when QA-MDT's resampling is on."""
+    weights = (
+        quality_acceptance(train_set.rows["pmos"].to_numpy(np.float64))
+        if spec.train.quality_resampling
+        else None
+    )
+    return BatchPlan(len(train_set), spec.optim.batch_size, spec.seed, spec.stage, weights)
+
+
+def optimisation_step(
+    state: TrainingState,
+    sample: Sample,
+    indices: Sequence[int],
+    spec: RunSpec,
+    accelerator: Accelerator,
+) -> LossTerms:
+    """One step of eq. (6): loss, backward, clipping, AdamW, schedule, EMA; state.step += 1."""
+    batch = to_training_batch(sample, state.model, accelerator.device)
+    generator = step_generator(
+        spec.seed, spec.stage, state.step, accelerator.process_index, accelerator.device
+    )
+    with accelerator.autocast():
+        terms: LossTerms = state.wrapped(batch, spec.objective, generator)
+    check_finite(terms, state.step, indices, state.step - state.step % spec.optim.checkpoint_every)
+    accelerator.backward(terms.total)
+    accelerator.clip_grad_norm_(state.wrapped.parameters(), spec.optim.grad_clip)
+    state.optimizer.step()
+    state.scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    if state.ema is not None:
+        state.ema.update_parameters(state.model)
+    state.step += 1
+    return terms
+
+
+def finite_metrics(row: dict[str, float]) -> dict[str, float]:
+    return {key: value for key, value in row.items() if key != "step" and math.isfinite(value)}
+
+
+def run_validation(
+    state: TrainingState,
+    val_set: LatentDataset,
+    spec: RunSpec,
+    accelerator: Accelerator,
+    hooks: TrainingHooks,
+) -> None:
+    """Validate, record, let the evaluation hook and the callbacks (pruning) see the result."""
+    row = {"step": state.step, **validate(state.evaluated, val_set, spec, accelerator)}
+    state.history.validation.append(row)
+    hooks.log_metrics(finite_metrics(row), state.step)
+    if hooks.on_evaluate is not None and accelerator.is_main_process:
+        hooks.on_evaluate(state.step, state.evaluated)
+    for callback in hooks.callbacks:
+        callback(state.step, row["val_flow_matching"])
+
+
+def save_checkpoint(state: TrainingState, spec: RunSpec, accelerator: Accelerator) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        trainer = trainer_state(
+            state.optimizer, state.scheduler, state.step, state.history, state.ema
+        )
+        meta = {"fingerprint": spec.fingerprint, "stage": spec.stage}
+        ema_model = state.ema.module if state.ema is not None else None
+        checkpoints.save_training_checkpoint(
+            spec.checkpoint_dir, state.step, state.model, ema_model, trainer, meta
+        )
+
+
 def train(
     model: FlowMatchingModel,
     train_set: LatentDataset,
     val_set: LatentDataset,
     spec: RunSpec,
     accelerator: Accelerator,
-    log_metrics: Callable[[dict[str, float], int], None],
-    callbacks: Sequence[ValidationCallback] = (),
-    on_evaluate: EvaluationHook | None = None,
+    hooks: TrainingHooks,
 ) -> TrainResult:
     """Train `model` for spec.optim.steps, resuming from the last matching checkpoint."""
     started = time.perf_counter()
-    optim, root = spec.optim, spec.checkpoint_dir
-    if optim.batch_size % accelerator.num_processes:
-        raise ValueError(
-            f"optim.batch_size {optim.batch_size} is not divisible by "
-            f"{accelerator.num_processes} processes"
-        )
-    optimizer, scheduler = build_optimizer(model, optim)
-    ema = make_ema(model, spec.train)
-    history, step = History(), 0
-    resume_from = checkpoints.latest_checkpoint(root, spec.fingerprint)
-    if resume_from is not None:
-        step, history = restore(resume_from, model, optimizer, scheduler, ema)
-    resumed_from = step
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
-    if ema is not None:
-        ema.to(accelerator.device)
-    weights = (
-        quality_acceptance(train_set.rows["pmos"].to_numpy(np.float64))
-        if spec.train.quality_resampling
-        else None
-    )
-    plan = BatchPlan(len(train_set), optim.batch_size, spec.seed, spec.stage, weights)
+    optim = spec.optim
+    state = start_or_resume(model, spec, accelerator)
+    resumed_from = state.step
     window: list[dict[str, float]] = []
     window_seconds = 0.0
-    for epoch, batches in plan.epochs(step, optim.steps):
+    for epoch, batches in batch_plan(train_set, spec).epochs(state.step, optim.steps):
         train_set.set_epoch(epoch)
         mine = [
             process_slice(b, accelerator.process_index, accelerator.num_processes) for b in batches
@@ -270,51 +368,22 @@ def train(
             train_set, batch_sampler=mine, collate_fn=collate, num_workers=spec.train.workers
         )
         for indices, sample in zip(mine, loader, strict=True):
-            batch = to_training_batch(sample, model, accelerator.device)
-            generator = step_generator(
-                spec.seed, spec.stage, step, accelerator.process_index, accelerator.device
-            )
             step_start = time.perf_counter()
-            with accelerator.autocast():
-                terms: LossTerms = wrapped(batch, spec.objective, generator)
-            check_finite(terms, step, indices, step - step % optim.checkpoint_every)
-            accelerator.backward(terms.total)
-            accelerator.clip_grad_norm_(wrapped.parameters(), optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update_parameters(model)
-            step += 1
+            terms = optimisation_step(state, sample, indices, spec, accelerator)
             window.append(loss_values(terms))
             window_seconds += time.perf_counter() - step_start  # training steps only
+            step = state.step
             if step % spec.train.log_every == 0 or step == optim.steps:
-                lr = scheduler.get_last_lr()[0]
+                lr = state.scheduler.get_last_lr()[0]
                 row = _train_row(step, window, lr, window_seconds, optim.batch_size)
-                history.train.append(row)
-                log_metrics(
-                    {k: v for k, v in row.items() if k != "step" and math.isfinite(v)}, step
-                )
+                state.history.train.append(row)
+                hooks.log_metrics(finite_metrics(row), step)
                 window, window_seconds = [], 0.0
             if step % optim.eval_every == 0 or step == optim.steps:
-                evaluated = ema.module if ema is not None else model
-                row = {"step": step, **validate(evaluated, val_set, spec, accelerator)}
-                history.validation.append(row)
-                log_metrics(
-                    {k: v for k, v in row.items() if k != "step" and math.isfinite(v)}, step
-                )
-                if on_evaluate is not None and accelerator.is_main_process:
-                    on_evaluate(step, evaluated)
-                for callback in callbacks:
-                    callback(step, row["val_flow_matching"])
+                run_validation(state, val_set, spec, accelerator, hooks)
             if step % optim.checkpoint_every == 0 and step < optim.steps:
-                accelerator.wait_for_everyone()
-                if accelerator.is_main_process:
-                    state = trainer_state(optimizer, scheduler, step, history, ema)
-                    meta = {"fingerprint": spec.fingerprint, "stage": spec.stage}
-                    checkpoints.save_training_checkpoint(
-                        root, step, model, ema and ema.module, state, meta
-                    )
+                save_checkpoint(state, spec, accelerator)
     accelerator.wait_for_everyone()
-    final = ema.module if ema is not None else model
-    return TrainResult(final, history, step, resumed_from, time.perf_counter() - started)
+    return TrainResult(
+        state.evaluated, state.history, state.step, resumed_from, time.perf_counter() - started
+    )

@@ -33,7 +33,7 @@ from tasks.latents.store import read_manifest
 from tasks.params import Params, load_stage_params
 from tasks.params.tracked import tracked_params
 from tasks.train import checkpoints, pruning
-from tasks.train.loop import RunSpec, ValidationCallback, train
+from tasks.train.loop import RunSpec, TrainingHooks, TrainResult, ValidationCallback, train
 from tasks.train.model_factory import (
     backbone_config,
     build_model,
@@ -92,11 +92,6 @@ def initial_weights(model: FlowMatchingModel, stage: str, config) -> list[Path]:
     return [source / checkpoints.MODEL_FILE]
 
 
-# --------------------------------------------------------------------------- samples
-
-# --------------------------------------------------------------------------- reports
-
-
 # --------------------------------------------------------------------------- the stage
 def main(stage: str) -> None:
     """The `pretrain` / `finetune` entry point (`python -m tasks.train pretrain|finetune`).
@@ -117,10 +112,41 @@ def main(stage: str) -> None:
         )
 
 
-def run(params: Params, stage: str, callbacks: Sequence[ValidationCallback] = ()) -> dict:
+def run_spec(params: Params, stage: str, fingerprint_value: str) -> RunSpec:
     optim = params.train.optim if stage == "pretrain" else params.finetune.optim
+    return RunSpec(
+        stage=stage,
+        checkpoint_dir=CHECKPOINTS / stage,
+        optim=optim,
+        train=params.train,
+        objective=objective_config(params.model, params.train.timestep),
+        seed=training_seed(params),
+        fingerprint=fingerprint_value,
+    )
+
+
+def summarise(result: TrainResult, model: FlowMatchingModel, checks: dict) -> dict:
+    """The stage's DVC metrics (reports/<stage>/metrics.json) and MLflow summary."""
+    history = result.history
+    return {
+        "steps": result.steps,
+        "resumed_from_step": result.resumed_from,
+        "wall_seconds": result.wall_seconds,
+        "trainable_parameters": trainable_parameters(model.backbone),
+        "val_loss": history.validation[-1]["val_loss"],
+        "val_flow_matching": history.validation[-1]["val_flow_matching"],
+        "first_val_flow_matching": history.validation[0]["val_flow_matching"],
+        "train_loss": history.train[-1]["loss"],
+        "samples_per_second": float(np.mean([row["samples_per_second"] for row in history.train])),
+        "samples": checks,
+    }
+
+
+def run(params: Params, stage: str, callbacks: Sequence[ValidationCallback] = ()) -> dict:
+    """Train one stage end to end; {} on the processes other than the main one."""
     # cpu=True where there is no GPU: under torchrun / `accelerate launch` that makes the
     # processes one gloo group (MULTI_CPU) instead of independent copies of the run.
+    optim = params.train.optim if stage == "pretrain" else params.finetune.optim
     accelerator = Accelerator(
         mixed_precision=optim.mixed_precision, cpu=not torch.cuda.is_available()
     )
@@ -131,57 +157,28 @@ def run(params: Params, stage: str, callbacks: Sequence[ValidationCallback] = ()
     model = build_model(config, params.model, shapes)
     with_latent_stats(model, *train_set.stats)
     inputs = initial_weights(model, stage, config)
-    root = CHECKPOINTS / stage
-    root.mkdir(parents=True, exist_ok=True)
+    spec = run_spec(params, stage, fingerprint(params, stage, inputs))
+    spec.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     (REPORTS / stage / "samples").mkdir(parents=True, exist_ok=True)  # a DVC output
-    spec = RunSpec(
-        stage=stage,
-        checkpoint_dir=root,
-        optim=optim,
-        train=params.train,
-        objective=objective_config(params.model, params.train.timestep),
-        seed=training_seed(params),
-        fingerprint=fingerprint(params, stage, inputs),
-    )
     main = accelerator.is_main_process
     codec = load_codec(params.backends.codec, params.latents.mel25)
-    tracking = stage_run(params, stage)
-    with tracking if main else contextlib.nullcontext():
+    with stage_run(params, stage) if main else contextlib.nullcontext():
         if main:
             mlflow.log_params({"trainable_parameters": trainable_parameters(model.backbone)})
-        result = train(
-            model,
-            train_set,
-            val_set,
-            spec,
-            accelerator,
+        hooks = TrainingHooks(
             log_metrics=mlflow.log_metrics if main else lambda metrics, step: None,
             callbacks=callbacks,
             on_evaluate=audio_logger(val_set, params, codec, stage, REPORTS),
         )
+        result = train(model, train_set, val_set, spec, accelerator, hooks)
         if not main:
             return {}
-        checks = sample_check(result.model, val_set, params, codec, load_clap(params.backends.clap))
-        last = result.history.validation[-1]
-        summary = {
-            "steps": result.steps,
-            "resumed_from_step": result.resumed_from,
-            "wall_seconds": result.wall_seconds,
-            "trainable_parameters": trainable_parameters(model.backbone),
-            "val_loss": last["val_loss"],
-            "val_flow_matching": last["val_flow_matching"],
-            "first_val_flow_matching": result.history.validation[0]["val_flow_matching"],
-            "train_loss": result.history.train[-1]["loss"],
-            "samples_per_second": float(
-                np.mean([row["samples_per_second"] for row in result.history.train])
-            ),
-            "samples": checks,
-        }
-        report = write_reports(result, REPORTS / stage, stage, summary)
-        log_report(report, f"tables/{stage}")
+        clap = load_clap(params.backends.clap)
+        summary = summarise(result, model, sample_check(result.model, val_set, params, codec, clap))
+        log_report(write_reports(result, REPORTS / stage, stage, summary), f"tables/{stage}")
         meta = {"stage": stage, "step": result.steps, "fingerprint": spec.fingerprint}
         meta["params"] = tracked_params(params, stage)
-        checkpoints.save_final_model(root, result.model, config, meta)
+        checkpoints.save_final_model(spec.checkpoint_dir, result.model, config, meta)
         mlflow.log_dict(asdict(config), "model_config.json")
-        checkpoints.clear_training_checkpoints(root)
+        checkpoints.clear_training_checkpoints(spec.checkpoint_dir)
     return summary

@@ -93,27 +93,20 @@ def test_best_of_n_keeps_the_best_candidate_per_prompt() -> None:
     condition, null = _conditions(3)
     prompts = ["a", "b", "c"]
     clap = LoudnessClap()
+    shared = dict(condition=condition, null_condition=null, prompts=prompts, frames=8, codec=codec)
     singles = []
     generator = torch.Generator().manual_seed(4)
     for _ in range(3):
-        _, score = generate_audio(
-            model, condition, null, prompts, 8, _sample(), codec, clap, generator
-        )
+        _, score = generate_audio(model, **shared, sample=_sample(), clap=clap, generator=generator)
         singles.append(score)
     best_audio, best = generate_audio(
         model,
-        condition,
-        null,
-        prompts,
-        8,
-        _sample(best_of=3),
-        codec,
-        clap,
-        torch.Generator().manual_seed(4),
+        **shared,
+        sample=_sample(best_of=3),
+        clap=clap,
+        generator=torch.Generator().manual_seed(4),
     )
     np.testing.assert_allclose(best, np.max(singles, axis=0), rtol=1e-5)
     assert best_audio.shape[0] == 3
     with pytest.raises(ValueError, match=r"backends\.clap"):
-        generate_audio(
-            model, condition, null, prompts, 8, _sample(best_of=2), codec, None, generator
-        )
+        generate_audio(model, **shared, sample=_sample(best_of=2), clap=None, generator=generator)
