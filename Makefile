@@ -44,8 +44,10 @@ test: setup system-packages
 test-fast: setup
 	$(RUN) $(BIN)/pytest -m "not slow"
 
+## lint: ruff (lint + format) and mypy over models/, tasks/ and flows/ (CI runs it)
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: setup
 	$(RUN) $(BIN)/python -m benchmarks.corpus_build

@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 
@@ -195,3 +197,42 @@ def test_stages_log_their_own_params_and_define_no_copy_of_the_list() -> None:
             stage = call.args[1]
             if isinstance(stage, ast.Constant):
                 assert stage.value in names, f"{package}: stage_run({stage.value!r})"
+
+
+# --------------------------------------------------------------------------- docs
+def _tracked_text_files() -> list[Path]:
+    suffixes = {".py", ".md", ".yaml", ".toml", ".cfg"}
+    folders = ("models", "tasks", "flows", "tests", "benchmarks", "docs", "params")
+    found = [p for folder in folders for p in (REPO / folder).rglob("*") if p.suffix in suffixes]
+    extras = ("README.md", "dvc.yaml", "params.yaml", "pyproject.toml", "Makefile")
+    return [p for p in found if "__pycache__" not in p.parts] + [REPO / name for name in extras]
+
+
+def test_links_in_readme_and_docs_stay_in_the_repository() -> None:
+    """A Markdown link is a public URL, an anchor, or a file of this repository."""
+    broken = []
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://", "#")):
+                continue
+            if not (page.parent / target.split("#")[0]).resolve().is_relative_to(REPO):
+                broken.append(f"{page.name}: {target} leaves the repository")
+            elif not (page.parent / target.split("#")[0]).exists():
+                broken.append(f"{page.name}: {target} does not exist")
+    assert broken == []
+
+
+def test_citations_point_into_the_repository() -> None:
+    """Comments cite docs/reference.md, docs/papers.md and docs/architecture.md; nothing
+    names a file outside the repository (the design notes and references it was built from)."""
+    outside = re.compile(r"REFERENCE\.md|DESIGN\.md|STYLE\.md|\.\./shared|(?<![\w/])pitfall \d")
+    cited = re.compile(r"docs/reference\.md\s*(#\s*)?pitfall")  # a citation, wrapped or not
+    found = []
+    for path in _tracked_text_files():
+        if path.name == "test_layout.py":
+            continue
+        text = cited.sub("docs/reference.md", path.read_text())
+        found += [f"{path.relative_to(REPO)}: {match.group()}" for match in outside.finditer(text)]
+    assert found == []
+    for name in ("architecture.md", "papers.md", "reference.md"):
+        assert (REPO / "docs" / name).is_file()
