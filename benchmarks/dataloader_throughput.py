@@ -160,13 +160,21 @@ def write_synthetic_cache(root: Path, shapes: SyntheticShapes, seed: int) -> boo
     resumed = prepare(root, {"synthetic": asdict(shapes), "seed": seed})
     segments, texts = synthetic_index(shapes, seed)
     write_missing_shards(
-        root, SEGMENTS, segments, "segment_id", shapes.per_shard,
+        root,
+        SEGMENTS,
+        segments,
+        "segment_id",
+        shapes.per_shard,
         lambda part: synthetic_segment_shard(shapes, seed, part.index[0], len(part)),
-    )  # fmt: skip
+    )
     write_missing_shards(
-        root, TEXTS, texts, "text_id", shapes.per_shard,
+        root,
+        TEXTS,
+        texts,
+        "text_id",
+        shapes.per_shard,
         lambda part: synthetic_text_shard(shapes, seed, part.index[0], len(part)),
-    )  # fmt: skip
+    )
     write_parquet(root / SEGMENT_INDEX, segments)
     write_parquet(root / TEXT_INDEX, texts)
     train_rows = np.flatnonzero(segments["split"].to_numpy() == "train")

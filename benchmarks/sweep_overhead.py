@@ -24,8 +24,10 @@ from tests import prefect_stack, scratch_repo
 
 def report(root: Path, study_name: str, wall: float) -> None:
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{root / 'optuna.db'}")
-    print(f"{'trial':>5} {'state':>9} {'wall s':>8} {'stages s':>9} {'training s':>11} "
-          f"{'overhead s':>11} {'overhead':>9}")  # fmt: skip
+    print(
+        f"{'trial':>5} {'state':>9} {'wall s':>8} {'stages s':>9} {'training s':>11} "
+        f"{'overhead s':>11} {'overhead':>9}"
+    )
     rows = []
     for trial in study.trials:
         attrs = trial.user_attrs
@@ -74,13 +76,21 @@ def main() -> None:
             print(f"Prefect server + flows.serve up in {time.perf_counter() - started:.0f} s")
             name = f"bench-{int(time.time())}"
             parameters = ["--param", f"study_name={name}", "--param", f"n_trials={args.trials}"]
-            for key, value in (("pretrain_steps", args.pretrain_steps),
-                               ("finetune_steps", args.finetune_steps)):  # fmt: skip
+            for key, value in (
+                ("pretrain_steps", args.pretrain_steps),
+                ("finetune_steps", args.finetune_steps),
+            ):
                 if value is not None:
                     parameters += ["--param", f"{key}={value}"]
             started = time.perf_counter()
-            result = stack.prefect("deployment", "run", "ablation-sweep/local", *parameters,
-                                   "--watch", timeout=24 * 3600)  # fmt: skip
+            result = stack.prefect(
+                "deployment",
+                "run",
+                "ablation-sweep/local",
+                *parameters,
+                "--watch",
+                timeout=24 * 3600,
+            )
             wall = time.perf_counter() - started
             if result.returncode != 0:
                 raise SystemExit(result.stdout + result.stderr)

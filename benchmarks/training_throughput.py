@@ -51,14 +51,24 @@ PEAK_REPEATS = 5
 SAMPLE_PROMPTS = 4
 # The embedded cache: MiniLM-L6 tokens, the tiny CLAP's text/audio embeddings and frames.
 EMBEDDED_SHAPES = CacheShapes(
-    frames=250, latent_dim=64, text_tokens=77, text_dim=384, condition_dim=128, clap_dim=128,
+    frames=250,
+    latent_dim=64,
+    text_tokens=77,
+    text_dim=384,
+    condition_dim=128,
+    clap_dim=128,
     teacher_dim=96,
-)  # fmt: skip
+)
 # Paper 000's setting: ACE-Step's 64 channels at 25 Hz, FLAN-T5-large, LAION-CLAP, MuQ.
 PAPER_SHAPES = CacheShapes(
-    frames=250, latent_dim=64, text_tokens=77, text_dim=1024, condition_dim=512, clap_dim=512,
+    frames=250,
+    latent_dim=64,
+    text_tokens=77,
+    text_dim=1024,
+    condition_dim=512,
+    clap_dim=512,
     teacher_dim=1024,
-)  # fmt: skip
+)
 PAPER_PROJECTOR_DIM = 2048  # REPA's projector width at this scale
 
 
@@ -375,8 +385,12 @@ def parse_args() -> argparse.Namespace:
         "--sample-steps", type=int, default=None, help="solver steps timed (default: all on GPU)"
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default=None,
-                        help="default: bf16 on cuda, fp32 on cpu")  # fmt: skip
+    parser.add_argument(
+        "--precision",
+        choices=sorted(PRECISIONS),
+        default=None,
+        help="default: bf16 on cuda, fp32 on cpu",
+    )
     parser.add_argument("--threads", type=int, default=None, help="default: the usable cores")
     parser.add_argument("--profile", action="store_true", help="also profile embedded training")
     parser.add_argument("--profile-steps", type=int, default=3)

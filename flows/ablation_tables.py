@@ -35,7 +35,11 @@ def trials_table(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
         # A pruned trial's `value` is Optuna's copy of its last intermediate value (a signed
         # validation loss), not the objective: it goes to `pruned_val_loss`, unsigned.
         pruned_step = attrs.get(PRUNED_ATTR, trial.last_step) if pruned else None
-        reported = trial.intermediate_values.get(pruned_step, math.nan)
+        reported = (
+            math.nan
+            if pruned_step is None
+            else trial.intermediate_values.get(pruned_step, math.nan)
+        )
         row = {
             "trial": trial.number,
             "state": trial.state.name,

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import optuna
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
@@ -91,13 +92,17 @@ def _run_on_pool(count: int, deployment: str, study_name: str, storage: str, roo
     claims its trial then), so adding workers adds throughput. Waits for all to end."""
     logger = get_run_logger()
     parent = str(flow_run.get_id())
+    # run_deployment is sync-compatible: called from a sync flow it returns the FlowRun itself
     runs = [
-        run_deployment(
-            deployment,
-            parameters={"study_name": study_name, "storage": storage, "root": root},
-            timeout=0,
-            idempotency_key=f"{parent}-{index}",  # a retried sweep does not launch twice
-            flow_run_name=f"{study_name}-trial-{index}",
+        cast(
+            FlowRun,
+            run_deployment(
+                deployment,
+                parameters={"study_name": study_name, "storage": storage, "root": root},
+                timeout=0,
+                idempotency_key=f"{parent}-{index}",  # a retried sweep does not launch twice
+                flow_run_name=f"{study_name}-trial-{index}",
+            ),
         )
         for index in range(count)
     ]
@@ -132,7 +137,7 @@ def ended_flow_runs(study: optuna.Study) -> dict[str, str]:
         trial.user_attrs.get("prefect_flow_run_id")
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     ]
-    ended = {}
+    ended: dict[str, str] = {}
     with get_client(sync_client=True) as client:
         for run_id in filter(None, running):
             try:
@@ -140,7 +145,7 @@ def ended_flow_runs(study: optuna.Study) -> dict[str, str]:
             except ObjectNotFound:  # started against another Prefect server: not ours to judge
                 continue
             if state is not None and state.is_final():
-                ended[run_id] = state.name
+                ended[run_id] = str(state.name)
     return ended
 
 

@@ -30,7 +30,7 @@ def wait_until_answering(
     deadline = time.monotonic() + timeout_seconds
     while not answers(url):
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what or process.args} exited with {process.returncode}")
+            raise RuntimeError(f"{what or process.args!s} exited with {process.returncode}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"nothing answered at {url} in {timeout_seconds:.0f} s")
         time.sleep(0.5)

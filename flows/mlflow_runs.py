@@ -9,7 +9,7 @@ flow can hold a parent open while its trials run in other processes or on other 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,8 @@ def finish_trial_run(
 ) -> None:
     for key, value in metrics.items():
         client.log_metric(run_id, key, value)
-    for key, value in {**tags, "optuna.state": state}.items():
-        client.set_tag(run_id, key, value)
+    for key, tag in {**tags, "optuna.state": state}.items():
+        client.set_tag(run_id, key, tag)
     if log_path is not None and log_path.exists():
         client.log_artifact(run_id, str(log_path), artifact_path="logs")
     client.set_terminated(run_id, STATUS_OF_STATE[state])
@@ -131,7 +131,7 @@ def optuna_figures(study: optuna.Study) -> dict[str, Any]:
     """Optuna's optimisation history, parameter importances and parallel coordinates, each
     where the study has what it needs (importances: two complete trials that differ)."""
     plots = optuna.visualization.matplotlib
-    makers = {
+    makers: dict[str, Callable[[optuna.Study], Any]] = {
         "optimization_history": plots.plot_optimization_history,
         "param_importances": plots.plot_param_importances,
         "parallel_coordinate": plots.plot_parallel_coordinate,

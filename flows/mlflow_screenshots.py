@@ -49,6 +49,8 @@ def main() -> None:
     uri = absolute_tracking_uri(tracking_uri(tracking), Path.cwd())
     client = mlflow_runs.client_for(uri)
     experiment = client.get_experiment_by_name(tracking.experiment)
+    if experiment is None:
+        raise SystemExit(f"no MLflow experiment {tracking.experiment!r} in {uri}")
     runs = client.search_runs(
         [experiment.experiment_id],
         filter_string=f"tags.study = '{args.study}' and tags.kind != 'sweep-trial'",
@@ -61,8 +63,18 @@ def main() -> None:
     if chromium is None:
         raise SystemExit("no Chromium found (apt-get install chromium, or set $CHROMIUM)")
     port = free_port()
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         ui = f"http://127.0.0.1:{port}"

@@ -21,11 +21,13 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
-from prefect import serve
+from prefect import Flow, serve
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.settings import PREFECT_API_URL
 from prefect.workers.process import ProcessWorker
@@ -77,7 +79,13 @@ def ensure_work_pool(name: str) -> None:
 def deploy_trial(repo: Path) -> None:
     """`ablation-trial/pool`: the trial flow, run from this checkout by the pool's workers.
     (Not served here as well: a serving process would keep running it besides the pool.)"""
-    ablation_trial.from_source(source=str(repo), entrypoint="flows/trial.py:ablation_trial").deploy(
+    # Prefect's async_dispatch types `from_source` as `Flow | Coroutine[..., Flow]`; called
+    # outside an event loop, as here, it returns the flow.
+    flow = cast(
+        Flow[..., Any],
+        ablation_trial.from_source(source=str(repo), entrypoint="flows/trial.py:ablation_trial"),
+    )
+    flow.deploy(
         name="pool",
         work_pool_name=WORK_POOL,
         build=False,
@@ -122,10 +130,13 @@ def stop(process: subprocess.Popen) -> None:
 
 def serve_deployments(storage: str | None, repo: Path) -> None:
     shared = {"root": str(repo)} | ({"storage_url": storage} if storage else {})
+    # As in deploy_trial: outside an event loop `to_deployment` returns the deployment itself.
     serve(
-        pipeline.to_deployment(name="local", parameters={"root": str(repo)}),
-        ablation_sweep.to_deployment(name="local", parameters=shared),
-        ablation_table.to_deployment(name="local", parameters=shared),
+        cast(
+            RunnerDeployment, pipeline.to_deployment(name="local", parameters={"root": str(repo)})
+        ),
+        cast(RunnerDeployment, ablation_sweep.to_deployment(name="local", parameters=shared)),
+        cast(RunnerDeployment, ablation_table.to_deployment(name="local", parameters=shared)),
     )
 
 

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from pydantic import BaseModel, ConfigDict
 
 from tasks.params import AblationParams, MetricSpec, Params, PrunerParams, SearchRange
+from tasks.params.ablation import Direction
 from tasks.train.pruning import SPEC_ATTR, make_pruner, open_storage, trial_by_number
 
 SAMPLER_ATTR = "sampler"  # the study's sampler name and seed (each trial rebuilds it)
@@ -45,7 +46,7 @@ class StudySpec(BaseModel):
     significance_level: float
 
     @property
-    def direction(self) -> str:
+    def direction(self) -> Direction:
         return self.metrics[self.objective].direction
 
 
@@ -236,7 +237,7 @@ def fail_orphaned_trials(study: optuna.Study, ended_runs: Mapping[str, str]) -> 
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         flow_run = trial.user_attrs.get("prefect_flow_run_id")
-        if flow_run in ended_runs:
+        if flow_run is not None and flow_run in ended_runs:
             reason = f"flow run {flow_run} ended {ended_runs[flow_run]} before closing the trial"
             close_trial(study, trial.number, TrialState.FAIL, None, {}, reason)
             failed.append(trial.number)

@@ -46,13 +46,25 @@ def ablation_sweep(
     config = params(repo)
     timeout = trial_timeout_minutes * 60 if trial_timeout_minutes else None
     space = {key: dimension.model_dump() for key, dimension in config.ablation.search_space.items()}
-    logged = {"n_trials": n_trials, "sampler": config.ablation.sampler,
-              "sampler_seed": sampler_seed, "storage": url, "fixed_overrides": fixed,
-              "search_space": space}  # fmt: skip
+    logged = {
+        "n_trials": n_trials,
+        "sampler": config.ablation.sampler,
+        "sampler_seed": sampler_seed,
+        "storage": url,
+        "fixed_overrides": fixed,
+        "search_space": space,
+    }
     fanout.start_study(
-        repo, config, "sweep", study_name, url, fixed, timeout,
-        (config.ablation.sampler, sampler_seed), logged,
-    )  # fmt: skip
+        repo,
+        config,
+        "sweep",
+        study_name,
+        url,
+        fixed,
+        timeout,
+        (config.ablation.sampler, sampler_seed),
+        logged,
+    )
     try:
         fanout.run_trials(n_trials, trial_deployment, study_name, url, str(repo))
     finally:

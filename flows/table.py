@@ -44,8 +44,13 @@ def ablation_table(
     for _, _, cell in cells:
         dvc_runs.check_overrides(repo, {**fixed, **cell})  # every cell valid before any runs
     timeout = trial_timeout_minutes * 60 if trial_timeout_minutes else None
-    logged = {"configurations": chosen, "seeds": seeds, "storage": url,
-              "fixed_overrides": fixed, "base": config.ablation.base}  # fmt: skip
+    logged = {
+        "configurations": chosen,
+        "seeds": seeds,
+        "storage": url,
+        "fixed_overrides": fixed,
+        "base": config.ablation.base,
+    }
     # Cells are enqueued, not sampled: the sampler only has to exist.
     study = fanout.start_study(
         repo, config, "table", table_name, url, fixed, timeout, ("random", 0), logged

@@ -23,7 +23,7 @@ Paper 003 on the same backbone (switches 3 and 4 of docs/architecture.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -76,10 +76,20 @@ class FluxAudioConfig:
 
 
 _FLUXAUDIO_S = FluxAudioConfig(
-    latent_dim=20, hidden_dim=448, num_heads=7, depth=12, fused_depth=8, latent_seq_len=312,
-    text_seq_len=77, text_dim=1024, condition_dim=512, mlp_ratio=4.0, quality_levels=0,
-    decode_layers=0, side_interpolator=False,
-)  # fmt: skip
+    latent_dim=20,
+    hidden_dim=448,
+    num_heads=7,
+    depth=12,
+    fused_depth=8,
+    latent_seq_len=312,
+    text_seq_len=77,
+    text_dim=1024,
+    condition_dim=512,
+    mlp_ratio=4.0,
+    quality_levels=0,
+    decode_layers=0,
+    side_interpolator=False,
+)
 # Size presets (docs/reference.md §A.2): the baseline's two variants and paper 000's Table II model
 # (896 wide, 7 heads of 128, 2 joint + 10 fused blocks, ACE-Step's 64 channels at 25 Hz).
 PRESETS: dict[str, FluxAudioConfig] = {
@@ -97,6 +107,14 @@ class FlowOutput(NamedTuple):
 
 
 class FluxAudio(nn.Module):
+    # buffers registered in __init__
+    latent_mean: Tensor
+    latent_std: Tensor
+    audio_rope_cos: Tensor
+    audio_rope_sin: Tensor
+    text_rope_cos: Tensor
+    text_rope_sin: Tensor
+
     def __init__(self, config: FluxAudioConfig) -> None:
         super().__init__()
         self.config = config
@@ -149,10 +167,12 @@ class FluxAudio(nn.Module):
                 nn.init.normal_(layer.weight, std=0.02)
         for module in self.modules():
             if isinstance(module, StreamBlock | FinalLayer):
-                nn.init.zeros_(module.modulation[-1].weight)
-                nn.init.zeros_(module.modulation[-1].bias)
+                last = cast(nn.Linear, module.modulation[-1])  # nn.Sequential indexes to Module
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
         nn.init.zeros_(self.final_layer.conv.weight)
-        nn.init.zeros_(self.final_layer.conv.bias)
+        if self.final_layer.conv.bias is not None:
+            nn.init.zeros_(self.final_layer.conv.bias)
         if self.quality_embedding is not None:
             nn.init.normal_(self.quality_embedding.weight, std=0.02)
 

@@ -8,6 +8,7 @@ internally. The composition of these blocks is `models/fluxaudio.py`.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,9 @@ class SwiGLU(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, kernel_size: int = 1) -> None:
         super().__init__()
         width = swiglu_hidden_dim(hidden_dim)
+        self.w1: nn.Linear | ChannelLastConv1d
+        self.w2: nn.Linear | ChannelLastConv1d
+        self.w3: nn.Linear | ChannelLastConv1d
         if kernel_size == 1:
             self.w1 = nn.Linear(dim, width, bias=False)
             self.w2 = nn.Linear(width, dim, bias=False)
@@ -54,6 +58,8 @@ class SwiGLU(nn.Module):
 class TimestepEmbedder(nn.Module):
     """Sinusoid of t in [0, 1] (not scaled by 1000, as the reference) -> MLP -> hidden."""
 
+    frequencies: Tensor  # a buffer
+
     def __init__(self, dim: int, frequency_dim: int = 256, max_period: float = 10_000.0) -> None:
         super().__init__()
         half = frequency_dim // 2
@@ -64,7 +70,8 @@ class TimestepEmbedder(nn.Module):
     def forward(self, t: Tensor) -> Tensor:  # [batch] -> [batch, dim]
         angles = t.float()[:, None] * self.frequencies[None]
         embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
-        return self.mlp(embedding.to(self.mlp[0].weight.dtype))
+        first = cast(nn.Linear, self.mlp[0])  # nn.Sequential indexes to a plain Module
+        return self.mlp(embedding.to(first.weight.dtype))
 
 
 def rope_rotation(positions: Tensor, head_dim: int, theta: float = 10_000.0) -> Rotation:

@@ -65,6 +65,10 @@ def mel_filterbank(config: MelConfig) -> torch.Tensor:
 class LogMel(nn.Module):
     """waveform [B, T] -> log-mel [B, n_mels, frames], frames = T // hop + 1 (centred STFT)."""
 
+    # buffers registered in __init__
+    window: torch.Tensor
+    filters: torch.Tensor
+
     def __init__(self, config: MelConfig) -> None:
         super().__init__()
         self.config = config

@@ -118,19 +118,36 @@ def curated_workspace(shipped_params: dict, tmp_path_factory) -> tuple[Path, dic
 TINY_TRAINING = {
     "model": {"hidden_dim": 32, "num_heads": 2, "depth": 3, "fused_depth": 1},
     "train": {
-        "optim": {"steps": 12, "batch_size": 4, "warmup_steps": 2, "eval_every": 4,
-                  "checkpoint_every": 4},
-        "log_every": 2, "validation_batches": 2, "log_samples": 1, "sample_check_prompts": 2,
+        "optim": {
+            "steps": 12,
+            "batch_size": 4,
+            "warmup_steps": 2,
+            "eval_every": 4,
+            "checkpoint_every": 4,
+        },
+        "log_every": 2,
+        "validation_batches": 2,
+        "log_samples": 1,
+        "sample_check_prompts": 2,
     },
     "finetune": {
-        "optim": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_every": 2,
-                  "checkpoint_every": 2},
+        "optim": {
+            "steps": 4,
+            "batch_size": 4,
+            "warmup_steps": 1,
+            "eval_every": 2,
+            "checkpoint_every": 2,
+        },
     },
     "sample": {"steps": 4},
     "latents": {"segments_per_shard": 16, "batch_size": 4},
-    "evaluate": {"generations_per_prompt": 1, "quality_levels": [1, 5],
-                 "bootstrap_resamples": 100, "batch_size": 4},
-}  # fmt: skip
+    "evaluate": {
+        "generations_per_prompt": 1,
+        "quality_levels": [1, 5],
+        "bootstrap_resamples": 100,
+        "batch_size": 4,
+    },
+}
 
 
 @pytest.fixture(scope="session")

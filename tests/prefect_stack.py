@@ -94,17 +94,32 @@ def running(root: Path, env: dict[str, str], serve_arguments: Sequence[str]) -> 
     server_log, serve_log = home / "server.log", home / "serve.log"
     with server_log.open("w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-             "--port", str(port)],
-            cwd=root, env=stack_env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=root,
+            env=stack_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_until_answering(f"{api_url}/health", SERVER_START_SECONDS, server, "prefect server")
         with serve_log.open("w") as log:
             serve = subprocess.Popen(
                 [sys.executable, "-m", "flows.serve", *serve_arguments],
-                cwd=root, env=stack_env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                cwd=root,
+                env=stack_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         try:
             names = ["ablation-sweep/local", "ablation-table/local", "pipeline/local"]
             _deployments_served(stack, [*names, "ablation-trial/pool"], serve, serve_log)

@@ -41,7 +41,7 @@ def tiny_params(shipped: dict) -> dict:
 def environment(root: Path) -> dict[str, str]:
     return {
         **os.environ,
-        # dvc runs `python -m tasks.corpus.stage` through the shell: the interpreter of this venv
+        # dvc runs `python -m tasks.corpus` through the shell: the interpreter of this venv
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "DVC_NO_ANALYTICS": "1",

@@ -26,8 +26,16 @@ def test_repro_runs_the_dag_then_is_a_no_op(scratch_repo):
     root, env = scratch_repo
     dvc = [sys.executable, "-m", "dvc"]
     first = _run([*dvc, "repro"], root, env)
-    stages = ("corpus", "scorers", "curate", "captions", "latents", "pretrain", "finetune",
-              "evaluate")  # fmt: skip
+    stages = (
+        "corpus",
+        "scorers",
+        "curate",
+        "captions",
+        "latents",
+        "pretrain",
+        "finetune",
+        "evaluate",
+    )
     for stage in stages:
         assert f"Running stage '{stage}'" in first
     assert (root / "data/corpus/tracks.parquet").exists()

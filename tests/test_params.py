@@ -189,13 +189,21 @@ def test_params_rewritten_by_dvc_exp_run_load_the_same(tmp_path):
     [
         ({"configurations": {"typo": {"model.repa.clap.wieght": 0.2}}}, "model.repa.clap.wieght"),
         ({"base": {"train.timestep.beta": 0.0}}, "ablation.base.train.timestep.beta"),
-        ({"search_space": {"model.quality_token": {"low": 0.0, "high": 1.0, "log": False}}},
-         "not a float parameter"),
+        (
+            {"search_space": {"model.quality_token": {"low": 0.0, "high": 1.0, "log": False}}},
+            "not a float parameter",
+        ),
         ({"objective": "accuracy"}, "is not one of metrics"),
-        ({"search_space": {"train.timestep.beta_lambda": {"low": 2.0, "high": 1.0, "log": False}}},
-         "low must be < high"),
+        (
+            {
+                "search_space": {
+                    "train.timestep.beta_lambda": {"low": 2.0, "high": 1.0, "log": False}
+                }
+            },
+            "low must be < high",
+        ),
     ],
-)  # fmt: skip
+)
 def test_ablation_keys_must_name_params(shipped_params, ablation, fragment):
     raw = copy.deepcopy(shipped_params)
     for key, value in ablation.items():
@@ -210,12 +218,15 @@ def test_shipped_ablation_covers_the_papers_table(shipped_params):
     assert ablation.base["train.timestep.beta_lambda"] == 0.0
     assert ablation.base["model.repa.clap.weight"] == ablation.base["model.repa.muq.weight"] == 0
     assert ablation.configurations["clap_repa_aggressive"] == {
-        "model.repa.clap.weight": 0.4, "model.repa.clap.time_weight_exponent": 4.0,
-    }  # fmt: skip
+        "model.repa.clap.weight": 0.4,
+        "model.repa.clap.time_weight_exponent": 4.0,
+    }
     lambdas = [c.get("train.timestep.beta_lambda") for c in ablation.configurations.values()]
     assert {0.2, 1.0, 2.0} <= set(lambdas)
     assert ablation.configurations["mdt_mask_0.3"] == {"model.masking.mask_ratio": 0.3}
     assert set(ablation.search_space) == {
-        "train.timestep.beta_lambda", "model.repa.clap.weight", "model.repa.muq.weight",
+        "train.timestep.beta_lambda",
+        "model.repa.clap.weight",
+        "model.repa.muq.weight",
         "model.masking.mask_ratio",
-    }  # fmt: skip
+    }

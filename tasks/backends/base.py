@@ -46,7 +46,8 @@ class ClapBackend(Protocol):
 
 @runtime_checkable
 class TextEncoderBackend(Protocol):
-    """Token-level conditioning for the DiT (paper 000 §III-A: FLAN-T5, 77 tokens)."""
+    """Token-level conditioning for the DiT (FLAN-T5, paper 000 Fig. 3; 77 tokens:
+    docs/reference.md §A.4)."""
 
     dim: int
     max_length: int

@@ -20,7 +20,7 @@ import re
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -96,7 +96,7 @@ class BadReply(ValueError):
 _THINKING = re.compile(r"<think>.*?</think>", re.DOTALL)
 
 
-def _top_level_arrays(text: str) -> list[object]:
+def _top_level_arrays(text: str) -> list[list[Any]]:
     """Every JSON array in `text` that is not inside another one, left to right."""
     decoder, arrays, position = json.JSONDecoder(), [], text.find("[")
     while position != -1:

@@ -87,7 +87,7 @@ TEMPO_TEMPLATES = ("At {} in 4/4 time.", "This track moves at {}.", "Set at {}."
 
 
 # --------------------------------------------------------------------------- shared helpers
-def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+def batches(items: Sequence[Any] | np.ndarray, size: int) -> Iterator[Sequence[Any] | np.ndarray]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -253,7 +253,7 @@ class TransformersCaptioner:
         batch_size: int,
         prompt: str,
     ) -> None:
-        self.model = model.eval()
+        self.model: Any = model.eval()  # a transformers model: generate is not nn.Module's
         self.processor = processor
         self.sample_rate = int(processor.feature_extractor.sampling_rate)
         self.max_new_tokens = max_new_tokens

@@ -135,9 +135,11 @@ class LaionClap:
     sample_rate = laion_clap_loader.CLAP_SAMPLE_RATE
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any) -> None:
-        self.model = model.eval()
+        # laion's CLAP: its submodules and get_*_embedding are not nn.Module's, so untyped.
+        self.model: Any = model.eval()
         self.tokenizer = tokenizer
-        self.embedding_dim = int(model.audio_projection[-1].out_features)
+        projection: Any = model.audio_projection
+        self.embedding_dim = int(projection[-1].out_features)
 
     @torch.inference_mode()
     def embed_audio(self, waveforms: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
@@ -190,15 +192,17 @@ class HfClap:
     """transformers `ClapModel` + `ClapProcessor` (the HF port of LAION-CLAP)."""
 
     def __init__(self, model: torch.nn.Module, processor: Any) -> None:
-        self.model = model.eval()
+        # transformers' ClapModel: its config and get_*_features are not nn.Module's.
+        self.model: Any = model.eval()
+        config: Any = model.config
         self.feature_extractor = processor.feature_extractor
         self.tokenizer = processor.tokenizer
         self.sample_rate = int(self.feature_extractor.sampling_rate)
-        self.embedding_dim = int(model.config.projection_dim)
+        self.embedding_dim = int(config.projection_dim)
         self.max_seconds = self.feature_extractor.nb_max_samples / self.sample_rate
         # Non-fusion models need "rand_trunc" input (one slaney mel, as torchlibrosa);
         # "fusion" (4 htk mels) would not even fit their patch embedding.
-        fusion = bool(model.config.audio_config.enable_fusion)
+        fusion = bool(config.audio_config.enable_fusion)
         self.truncation = "fusion" if fusion else "rand_trunc"
 
     @torch.inference_mode()

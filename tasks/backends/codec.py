@@ -78,8 +78,9 @@ class OobleckCodec:
     """ACE-Step 1.5's VAE: mono -> stereo 48 kHz -> posterior mean [N, T, 64] at 25 Hz."""
 
     def __init__(self, vae: torch.nn.Module) -> None:
-        config = vae.config
-        self.vae = vae.eval()
+        # A diffusers model: its config and encode/decode are not nn.Module's, so untyped.
+        config: Any = vae.config
+        self.vae: Any = vae.eval()
         self.sample_rate = int(config.sampling_rate)
         # One latent frame per product of the encoder's strides (1920 at 48 kHz = 25 Hz).
         self.hop_length = math.prod(int(r) for r in config.downsampling_ratios)
@@ -148,8 +149,11 @@ class AudioLdm2Codec:
     """
 
     def __init__(self, vae: torch.nn.Module, vocoder: torch.nn.Module) -> None:
-        self.vae, self.vocoder = vae.eval(), vocoder.eval()
-        vae_config, vocoder_config = vae.config, vocoder.config
+        # diffusers / transformers models: configs and encode/decode are not nn.Module's.
+        self.vae: Any = vae.eval()
+        self.vocoder = vocoder.eval()
+        vae_config: Any = vae.config
+        vocoder_config: Any = vocoder.config
         if int(vae_config.in_channels) != 1:
             raise ValueError(f"an AudioLDM VAE takes 1-channel mels, not {vae_config.in_channels}")
         if int(vocoder_config.sampling_rate) != AUDIOLDM_SAMPLE_RATE:

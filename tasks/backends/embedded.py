@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -54,6 +54,18 @@ def _config_from_dict(kind: str, raw: dict[str, Any]) -> TinyClapConfig | Qualit
     return config_class(**values)
 
 
+@overload
+def load_checkpoint(
+    path: str | Path | None, key: str, kind: Literal["tiny_clap"]
+) -> tuple[TinyClap, dict]: ...
+@overload
+def load_checkpoint(
+    path: str | Path | None, key: str, kind: Literal["quality"]
+) -> tuple[QualityRegressor, dict]: ...
+@overload
+def load_checkpoint(
+    path: str | Path | None, key: str, kind: str
+) -> tuple[torch.nn.Module, dict]: ...
 def load_checkpoint(path: str | Path | None, key: str, kind: str) -> tuple[torch.nn.Module, dict]:
     """(model in eval mode, its config.json) from a `scorers` stage checkpoint directory."""
     what = f"embedded {kind} checkpoint directory written by the scorers stage (dvc repro scorers)"

@@ -83,7 +83,7 @@ def load_muq(path: str | None, key: str) -> MuqFrameTeacher:
     directory = require_path(path, key, what)
     for name in ("config.json", "model.safetensors"):
         require_path(directory / name, key, what)
-    from muq import MuQ  # type: ignore[import-not-found]
+    from muq import MuQ
 
     model = MuQ.from_pretrained(str(directory), local_files_only=True)
     return MuqFrameTeacher(model)

@@ -34,6 +34,7 @@ import importlib
 import importlib.machinery
 import importlib.util
 import json
+import os
 import sys
 import threading
 import types
@@ -235,9 +236,11 @@ def roberta_from_local_dir(text_model_dir: str | Path) -> Iterator[None]:
     with _LOCK:
         original = roberta.from_pretrained  # bound to RobertaModel
         had_own = "from_pretrained" in vars(roberta)
-        own = vars(roberta).get("from_pretrained")
+        own: Any = vars(roberta).get("from_pretrained")  # a raw classmethod object, or None
 
-        def from_local(cls: type, name: object, *args: Any, **kwargs: Any) -> Any:
+        def from_local(
+            cls: type, name: str | os.PathLike[str] | None, *args: Any, **kwargs: Any
+        ) -> Any:
             if name == ROBERTA_HUB_NAME:
                 kwargs["local_files_only"] = True
                 return original(str(directory), *args, **kwargs)

@@ -3,8 +3,8 @@
 One front end, two framings:
 
 * `mel25` (docs/architecture.md "Two profiles": the analytic stand-in for ACE-Step 1.5): 64 mel
-  bands at 25 frames/s at 16 kHz, the shape of ACE-Step 1.5 latents (paper 000 §III-A: 25 Hz
-  x 64; docs/reference.md §F.1). Frames are centred like the embedded frame teacher's
+  bands at 25 frames/s at 16 kHz, the shape of ACE-Step 1.5 latents (paper 000 §III-A: 25 Hz;
+  Table II: x 64; docs/reference.md §F.1). Frames are centred like the embedded frame teacher's
   (`EmbeddedFrameTeacher`: frame k centred on sample k * hop), so REPA's frame-wise
   targets (paper 000 eq. (5)) line up with the latents.
 * AudioLDM's (paper 003's mel VAE input, docs/reference.md §C.1): QA-MDT's
@@ -44,6 +44,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import librosa
 import numpy as np
@@ -183,7 +184,7 @@ def griffin_lim(magnitude: torch.Tensor, front_end: MelFrontEnd, iters: int) -> 
     """[bins, frames + 1] STFT magnitude -> [frames * hop] audio, fast Griffin-Lim, zero phase."""
     window = front_end.window.to(magnitude.dtype)
     length = (magnitude.shape[-1] - 1) * front_end.hop_length
-    stft = {
+    stft: dict[str, Any] = {
         "n_fft": front_end.n_fft,
         "hop_length": front_end.hop_length,
         "win_length": front_end.win_length,

@@ -51,10 +51,11 @@ class PmosPredictor:
     """A one-output audio regressor + its feature extractor: one p-MOS per clip."""
 
     def __init__(self, model: torch.nn.Module, feature_extractor: Any) -> None:
-        if int(model.config.num_labels) != 1:
+        config: Any = model.config  # a transformers config, not an nn.Module attribute
+        if int(config.num_labels) != 1:
             raise ValueError(
                 f"a p-MOS model has one regression output, this one has "
-                f"num_labels={model.config.num_labels}"
+                f"num_labels={config.num_labels}"
             )
         self.model = model.eval()
         self.feature_extractor = feature_extractor

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,13 +30,12 @@ TEXT_ENCODERS: Registry[TextEncoderBackend] = Registry("text_encoder")
 class HfTextEncoder:
     """A transformers encoder + tokenizer; batches are tokenised and run as given."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: object, max_length: int) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_length: int) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.dim = int(
-            model.config.d_model if hasattr(model.config, "d_model") else (model.config.hidden_size)
-        )
+        config: Any = model.config  # a transformers config: its fields vary by architecture
+        self.dim = int(config.d_model if hasattr(config, "d_model") else (config.hidden_size))
 
     @torch.inference_mode()
     def _run(self, captions: Sequence[str], padding: str | bool, max_length: int):
@@ -91,7 +91,8 @@ def _minilm(choice: BackendChoice, key: str) -> HfTextEncoder:
 
 @TEXT_ENCODERS.register("t5")
 def _t5(choice: BackendChoice, key: str) -> HfTextEncoder:
-    """FLAN-T5's encoder (paper 000 §III-A: flan-t5-large, 1024-d) from a local directory."""
+    """FLAN-T5's encoder from a local directory (paper 000 §III-A names a T5 encoder;
+    flan-t5-large, 1024-d, as in paper 003 §5.2)."""
     import transformers
 
     directory = require_path(choice.path, key, "FLAN-T5 directory (save_pretrained)")

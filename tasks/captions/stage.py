@@ -248,9 +248,12 @@ def run(params: Params) -> dict:
         rewriter = load_rewriter(params.backends.rewriter, params.captions, params.seed)
         with ScoreCache(Path(params.curate.cache_dir)) as cache:
             audio = CachedScorer(
-                cache, "clap_audio", backend_identity("clap", params.backends.clap),
-                clap.embed_audio, params.captions.batch_size,
-            )  # fmt: skip
+                cache,
+                "clap_audio",
+                backend_identity("clap", params.backends.clap),
+                clap.embed_audio,
+                params.captions.batch_size,
+            )
             cached = CachedClap(clap, audio)
             captioner = load_captioner(params.backends.captioner, cached, params.captions)
             backends = CaptionBackends(cached, captioner, rewriter)

@@ -23,8 +23,8 @@ import pandas as pd
 def atomic_path(destination: Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it replaces `destination`."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
-    os.close(handle)
+    descriptor, name = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
+    os.close(descriptor)
     temporary = Path(name)
     try:
         yield temporary

@@ -142,16 +142,17 @@ def generate_audio(
     per prompt and the best by CLAP score is kept (QA-MDT's inference, docs/reference.md §C.4)."""
     if sample.best_of > 1 and clap is None:
         raise ValueError("sample.best_of > 1 needs a CLAP backend (backends.clap)")
-    best_audio, best_score = None, None
+    best: tuple[np.ndarray, np.ndarray] | None = None
     for _ in range(sample.best_of):
         latents = generate_latents(backbone, condition, null_condition, frames, sample, generator)
         audio = decode(codec, latents)
         if clap is None:
             return audio, None
         score = clap_scores(clap, audio, codec.sample_rate, prompts)
-        if best_audio is None:
-            best_audio, best_score = audio, score
+        if best is None:
+            best = audio, score
             continue
-        better = score > best_score
-        best_audio[better], best_score[better] = audio[better], score[better]
-    return best_audio, best_score
+        better = score > best[1]
+        best[0][better], best[1][better] = audio[better], score[better]
+    assert best is not None  # sample.best_of >= 1
+    return best

@@ -11,6 +11,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, overload
 
 import mlflow
 import numpy as np
@@ -26,6 +27,10 @@ class Report:
     artifacts: list[Path]  # files to log to MLflow
 
 
+@overload
+def json_safe(value: dict[Any, Any]) -> dict[str, Any]: ...
+@overload
+def json_safe(value: object) -> object: ...
 def json_safe(value: object) -> object:
     """JSON-safe: NaN -> None, numpy scalars -> Python, recursively."""
     if isinstance(value, dict):

@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -139,7 +140,7 @@ class CachedScorer:
         missing = sum(r is None for r in results)
         if missing:
             raise RuntimeError(f"{missing} windows were never scored")
-        return results
+        return cast(list[np.ndarray], results)  # no None left: checked just above
 
     def _resolve(
         self, lookup: list[tuple[int, str, np.ndarray]], results: list, sample_rate: int

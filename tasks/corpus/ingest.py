@@ -24,6 +24,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import librosa
 import numpy as np
@@ -90,7 +91,9 @@ def _read_rows(path: Path) -> list[dict]:
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     elif suffix in (".csv", ".tsv"):
         # TSV: no quoting (the baseline replaces tabs/newlines in captions, docs/reference.md §B.1)
-        options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
+        options: dict[str, Any] = (
+            {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
+        )
         rows = list(csv.DictReader(text.splitlines(), **options))
     else:
         raise ValueError(f"unknown extension {suffix!r} (use .json, .jsonl, .csv or .tsv)")
@@ -262,7 +265,11 @@ def ingest_dataset(
         key=lambda job: job.track_id,
     )
     outcomes = ordered_map(decode_job, jobs, data.workers)
-    kept = [(job, o) for job, o in zip(jobs, outcomes, strict=True) if o.duration_s is not None]
+    kept = [
+        (job, o.duration_s)
+        for job, o in zip(jobs, outcomes, strict=True)
+        if o.duration_s is not None
+    ]
     rejects += [
         _reject(job.given, o.reason, o.detail)
         for job, o in zip(jobs, outcomes, strict=True)
@@ -279,7 +286,8 @@ def ingest_dataset(
         ) from None
     by_id = {ids[key]: entry for key, entry in usable.items()}
     rows = [
-        track_row(job, by_id[job.track_id], o.duration_s, splits[job.track_id]) for job, o in kept
+        track_row(job, by_id[job.track_id], duration, splits[job.track_id])
+        for job, duration in kept
     ]
     rejects.sort(key=lambda row: (row["path"], row["reason"]))
     return IngestResult(

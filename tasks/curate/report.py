@@ -11,7 +11,9 @@ question directly: does the filter drop the wrong captions and keep the clean on
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -194,13 +196,20 @@ def plot_scores(
     scores = segments["clap_score"].dropna().to_numpy()
     figure = Figure(figsize=(7.0, 4.0))
     axis = figure.add_subplot()
-    bins = np.histogram_bin_edges(scores, bins=40) if scores.size else 10
+    # matplotlib's stubs type `bins` as a Sequence, not an array; it takes either
+    bins: int | Sequence[float] = (
+        cast(Sequence[float], np.histogram_bin_edges(scores, bins=40)) if scores.size else 10
+    )
     axis.hist(scores, bins=bins, density=True, alpha=0.45, label="all candidates")
     if len(sample):
         axis.hist(
-            sample["clap_score"], bins=bins, density=True, histtype="step", linewidth=2.0,
+            sample["clap_score"],
+            bins=bins,
+            density=True,
+            histtype="step",
+            linewidth=2.0,
             label=f"val, one random segment per file (n={len(sample)})",
-        )  # fmt: skip
+        )
     thresholds = curation.thresholds
     for value, name, style in ((thresholds.high, "high", "-"), (thresholds.medium, "medium", "--")):
         axis.axvline(value, color="black", linestyle=style, label=f"{name} {value:.3f}")
@@ -215,9 +224,13 @@ def plot_scores(
 
 # --------------------------------------------------------------------------- summary
 def summarize(
-    curation: Curation, tracks: pd.DataFrame, truth: pd.DataFrame, sample: pd.DataFrame,
-    tables: dict[str, pd.DataFrame], params: Params,
-) -> dict:  # fmt: skip
+    curation: Curation,
+    tracks: pd.DataFrame,
+    truth: pd.DataFrame,
+    sample: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
+    params: Params,
+) -> dict:
     """reports/curation.json: the DVC metrics (empty groups give null, not an error)."""
     segments, kept = curation.segments, truth[truth["kept"]]
     s = segments.loc[segments["kept"] & (segments["split"] == "train"), "score_normalised"]

@@ -70,14 +70,20 @@ def load_scorers(params: Params, cache: ScoreCache) -> Scorers:
     return Scorers(
         clap,
         CachedScorer(
-            cache, "clap_audio", backend_identity("clap", params.backends.clap),
-            clap.embed_audio, size,
+            cache,
+            "clap_audio",
+            backend_identity("clap", params.backends.clap),
+            clap.embed_audio,
+            size,
         ),
         CachedScorer(
-            cache, "pmos", backend_identity("quality", params.backends.quality),
-            quality.predict, size,
+            cache,
+            "pmos",
+            backend_identity("quality", params.backends.quality),
+            quality.predict,
+            size,
         ),
-    )  # fmt: skip
+    )
 
 
 # --------------------------------------------------------------------------- audio

@@ -138,8 +138,14 @@ def read_reference(
                 clips.append(clip)
                 ids.append(item.reference_id)
         except AudioRejected as error:
-            rejected.append({"reference_id": item.reference_id, "path": str(item.path),
-                             "reason": error.reason, "detail": error.detail})  # fmt: skip
+            rejected.append(
+                {
+                    "reference_id": item.reference_id,
+                    "path": str(item.path),
+                    "reason": error.reason,
+                    "detail": error.detail,
+                }
+            )
     if not clips:
         raise ValueError(f"evaluate.reference_audio: no usable reference clip in {source}")
     return ReferenceSet(np.stack(clips).astype(np.float32), ids, source, rejected)

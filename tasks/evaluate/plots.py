@@ -44,20 +44,42 @@ def loss_curves(reports: Path, stem: Path) -> list[Path]:
             continue
         train = pd.read_csv(folder / "train.csv")
         val = pd.read_csv(folder / "val.csv")
-        rows.append(pd.DataFrame({"stage": stage, "split": "train", "step": train["step"] + offset,
-                                  "flow_matching": train["flow_matching"]}))  # fmt: skip
-        rows.append(pd.DataFrame({"stage": stage, "split": "val", "step": val["step"] + offset,
-                                  "flow_matching": val["val_flow_matching"]}))  # fmt: skip
+        rows.append(
+            pd.DataFrame(
+                {
+                    "stage": stage,
+                    "split": "train",
+                    "step": train["step"] + offset,
+                    "flow_matching": train["flow_matching"],
+                }
+            )
+        )
+        rows.append(
+            pd.DataFrame(
+                {
+                    "stage": stage,
+                    "split": "val",
+                    "step": val["step"] + offset,
+                    "flow_matching": val["val_flow_matching"],
+                }
+            )
+        )
         offset += int(train["step"].max())
-    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-        columns=["stage", "split", "step", "flow_matching"])  # fmt: skip
+    table = (
+        pd.concat(rows, ignore_index=True)
+        if rows
+        else pd.DataFrame(columns=["stage", "split", "step", "flow_matching"])
+    )
     figure = Figure(figsize=(6.5, 3.5))
     axis = figure.subplots()
     for (stage, split), part in table.groupby(["stage", "split"], sort=False):
         style = "-" if split == "train" else "o-"
         axis.plot(part["step"], part["flow_matching"], style, label=f"{stage} {split}")
-    axis.set(xlabel="step (pretrain, then finetune)", ylabel="flow-matching loss",
-             title="Training and validation loss (paper 000 Figs. 4-5)")  # fmt: skip
+    axis.set(
+        xlabel="step (pretrain, then finetune)",
+        ylabel="flow-matching loss",
+        title="Training and validation loss (paper 000 Figs. 4-5)",
+    )
     axis.legend()
     return save(figure, table, stem)
 
@@ -73,10 +95,17 @@ def clap_scores(scores: dict[str, np.ndarray], labels: dict[str, str], stem: Pat
         min(-0.2, table["clap_score"].min()), max(1.0, table["clap_score"].max()), 41
     )
     for name, values in scores.items():
-        axis.hist(values, bins=bins, alpha=0.55, label=f"{labels.get(name, name)} (mean "
-                  f"{np.mean(values):.3f})")  # fmt: skip
-    axis.set(xlabel="CLAP score (prompt-audio cosine)", ylabel="clips",
-             title="CLAP scores of the evaluation clips (cf. paper 000 Fig. 1)")  # fmt: skip
+        axis.hist(
+            values,
+            bins=bins,
+            alpha=0.55,
+            label=f"{labels.get(name, name)} (mean {np.mean(values):.3f})",
+        )
+    axis.set(
+        xlabel="CLAP score (prompt-audio cosine)",
+        ylabel="clips",
+        title="CLAP scores of the evaluation clips (cf. paper 000 Fig. 1)",
+    )
     axis.legend(fontsize=8)
     return save(figure, table, stem)
 
@@ -115,8 +144,9 @@ def quality_curve(curve: dict[int, dict[str, BootstrapCI]], stem: Path) -> list[
     for axis, (metric, title) in zip(axes, titles.items(), strict=True):
         if metric in table:
             axis.plot(table["level"], table[metric], "o-")
-            axis.fill_between(table["level"], table[f"{metric}_low"], table[f"{metric}_high"],
-                              alpha=0.25)  # fmt: skip
+            axis.fill_between(
+                table["level"], table[f"{metric}_low"], table[f"{metric}_high"], alpha=0.25
+            )
         axis.set(xlabel="requested quality level", title=title)
         axis.set_xticks(table["level"])
     figure.suptitle("Quality-level control (paper 003 Fig. 3)")

@@ -85,11 +85,18 @@ def metrics_json(result: EvaluationResult, params: Params) -> dict:
 
 def metrics_table(result: EvaluationResult) -> pd.DataFrame:
     rows = [
-        {"set": name, "metric": metric, "value": ci.estimate, "low": ci.low, "high": ci.high,
-         "prompts": ci.n, "lower_is_better": metric in LOWER_IS_BETTER}
+        {
+            "set": name,
+            "metric": metric,
+            "value": ci.estimate,
+            "low": ci.low,
+            "high": ci.high,
+            "prompts": ci.n,
+            "lower_is_better": metric in LOWER_IS_BETTER,
+        }
         for name, metrics in result.metrics.items()
         for metric, ci in metrics.items()
-    ]  # fmt: skip
+    ]
     return pd.DataFrame(rows)
 
 
@@ -97,39 +104,72 @@ def paper_tables(result: EvaluationResult, params: Params) -> dict[str, pd.DataF
     """Paper 000 Table I's columns for this run; paper 003 Tables 1 / A.3's; attributes."""
     gen = result.metrics["generated"]
     model = params.model
-    table_i = pd.DataFrame([{
-        "Configuration": Path(params.evaluate.checkpoint).name,
-        "CLAP REPA": model.repa.clap.weight,
-        "MuQ REPA": model.repa.muq.weight,
-        "Beta λ": params.train.timestep.beta_lambda,
-        "mask ratio": model.masking.mask_ratio,
-        "CLAP ↑": fmt(gen.get("clap_score")),
-        "FAD ↓": fmt(gen.get("fad_clap")),
-    }])  # fmt: skip
-    columns = {"FAD ↓": "fad_clap", "FAD∞ ↓": "fad_clap_infinity", "FAD-teacher ↓": "fad_teacher",
-               "KL ↓": "kl", "IS ↑": "inception_score", "CLAP ↑": "clap_score",
-               "p-MOS ↑": "pmos"}  # fmt: skip
-    attributes = {"genre ↑": "genre_accuracy", "instruments ↑": "instruments_accuracy",
-                  "tempo ↑": "tempo_accuracy", "mode ↑": "mode_accuracy"}  # fmt: skip
+    table_i = pd.DataFrame(
+        [
+            {
+                "Configuration": Path(params.evaluate.checkpoint).name,
+                "CLAP REPA": model.repa.clap.weight,
+                "MuQ REPA": model.repa.muq.weight,
+                "Beta λ": params.train.timestep.beta_lambda,
+                "mask ratio": model.masking.mask_ratio,
+                "CLAP ↑": fmt(gen.get("clap_score")),
+                "FAD ↓": fmt(gen.get("fad_clap")),
+            }
+        ]
+    )
+    columns = {
+        "FAD ↓": "fad_clap",
+        "FAD∞ ↓": "fad_clap_infinity",
+        "FAD-teacher ↓": "fad_teacher",
+        "KL ↓": "kl",
+        "IS ↑": "inception_score",
+        "CLAP ↑": "clap_score",
+        "p-MOS ↑": "pmos",
+    }
+    attributes = {
+        "genre ↑": "genre_accuracy",
+        "instruments ↑": "instruments_accuracy",
+        "tempo ↑": "tempo_accuracy",
+        "mode ↑": "mode_accuracy",
+    }
 
     def rows(metric_columns: dict[str, str], counts: bool = False) -> pd.DataFrame:
         def cell(ci: BootstrapCI | None) -> str:
             return fmt(ci) + (f" (n={ci.n})" if counts and ci is not None else "")
 
-        return pd.DataFrame([
-            {"System": SET_LABELS.get(name, name),
-             **{label: cell(metrics.get(key)) for label, key in metric_columns.items()}}
-            for name, metrics in result.metrics.items()
-        ])  # fmt: skip
+        return pd.DataFrame(
+            [
+                {
+                    "System": SET_LABELS.get(name, name),
+                    **{label: cell(metrics.get(key)) for label, key in metric_columns.items()},
+                }
+                for name, metrics in result.metrics.items()
+            ]
+        )
 
-    curve = pd.DataFrame([
-        {"quality level": level, **{label: fmt(metrics.get(key)) for label, key in
-                                    {"p-MOS ↑": "pmos", "FAD ↓": "fad_clap", "KL ↓": "kl",
-                                     "CLAP ↑": "clap_score"}.items()}}
-        for level, metrics in result.curve.items()
-    ])  # fmt: skip
-    return {"table_i": table_i, "objective": rows(columns),
-            "attributes": rows(attributes, counts=True), "quality_curve": curve}  # fmt: skip
+    curve = pd.DataFrame(
+        [
+            {
+                "quality level": level,
+                **{
+                    label: fmt(metrics.get(key))
+                    for label, key in {
+                        "p-MOS ↑": "pmos",
+                        "FAD ↓": "fad_clap",
+                        "KL ↓": "kl",
+                        "CLAP ↑": "clap_score",
+                    }.items()
+                },
+            }
+            for level, metrics in result.curve.items()
+        ]
+    )
+    return {
+        "table_i": table_i,
+        "objective": rows(columns),
+        "attributes": rows(attributes, counts=True),
+        "quality_curve": curve,
+    }
 
 
 def markdown(result: EvaluationResult, params: Params, tables: dict[str, pd.DataFrame]) -> str:
@@ -177,15 +217,27 @@ def markdown(result: EvaluationResult, params: Params, tables: dict[str, pd.Data
         "the real audio: the analysers' own ceiling.",
     ]
     if len(tables["quality_curve"]):
-        lines += ["", "## Quality control (paper 003 Fig. 3)", "",
-                  markdown_table(tables["quality_curve"]), "",
-                  "One clip per prompt at each level, the same noise at every level."]  # fmt: skip
+        lines += [
+            "",
+            "## Quality control (paper 003 Fig. 3)",
+            "",
+            markdown_table(tables["quality_curve"]),
+            "",
+            "One clip per prompt at each level, the same noise at every level.",
+        ]
     if result.reference.rejected:
-        lines += ["", f"{len(result.reference.rejected)} reference file(s) rejected: "
-                  + ", ".join(f"{r['reference_id']} ({r['reason']})"
-                              for r in result.reference.rejected[:20])]  # fmt: skip
-    lines += ["", "Plots: `reports/evaluate/*.png` (data in the CSV beside each); listening page: "
-              "`reports/listening/index.html` (open it from disk)."]  # fmt: skip
+        lines += [
+            "",
+            f"{len(result.reference.rejected)} reference file(s) rejected: "
+            + ", ".join(
+                f"{r['reference_id']} ({r['reason']})" for r in result.reference.rejected[:20]
+            ),
+        ]
+    lines += [
+        "",
+        "Plots: `reports/evaluate/*.png` (data in the CSV beside each); listening page: "
+        "`reports/listening/index.html` (open it from disk).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -195,14 +247,16 @@ def clip_table(result: EvaluationResult) -> pd.DataFrame:
     ids = result.prompts.table["prompt_id"].to_numpy()
     for name, scored in result.sets.items():
         scores = scored.scores
-        frame = pd.DataFrame({
-            "set": name,
-            "prompt_id": ids[scored.prompt_index],
-            "clip": np.arange(len(scores)),
-            "clap_score": result.clap_scores[name],
-            "pmos": scores.pmos,
-            "predicted_genre": predicted_genres(scores, result.tags),
-        })  # fmt: skip
+        frame = pd.DataFrame(
+            {
+                "set": name,
+                "prompt_id": ids[scored.prompt_index],
+                "clip": np.arange(len(scores)),
+                "clap_score": result.clap_scores[name],
+                "pmos": scores.pmos,
+                "predicted_genre": predicted_genres(scores, result.tags),
+            }
+        )
         if scores.tempo_bpm is not None:
             frame["tempo_bpm"] = scores.tempo_bpm
         if scores.keys is not None:
@@ -240,8 +294,13 @@ def listening_entries(result: EvaluationResult, clips: pd.DataFrame) -> list[Pro
         for clip in np.flatnonzero(generated.prompt_index == p):
             name = f"{row.prompt_id}_seed{generated.seed_index[clip]}.wav"
             src = write_clip(LISTENING, name, generated.audio[clip], result.sample_rate)
-            gens.append(Clip(src, f"seed {generated.seed_index[clip]}",
-                             clip_metrics(by_set["generated"], clip)))  # fmt: skip
+            gens.append(
+                Clip(
+                    src,
+                    f"seed {generated.seed_index[clip]}",
+                    clip_metrics(by_set["generated"], clip),
+                )
+            )
         reference = None
         if p in reference_rows:
             clip = result.reference.clips[result.paired_rows[p]]
@@ -252,8 +311,9 @@ def listening_entries(result: EvaluationResult, clips: pd.DataFrame) -> list[Pro
             for key, value in row._asdict().items()
             if key in ("genre", "mood", "tempo_bpm", "key", "mode", "instruments")
         }
-        entries.append(PromptEntry(str(row.prompt_id), str(row.prompt), attributes, gens,
-                                   reference))  # fmt: skip
+        entries.append(
+            PromptEntry(str(row.prompt_id), str(row.prompt), attributes, gens, reference)
+        )
     return entries
 
 
@@ -265,8 +325,9 @@ def listening_page(result: EvaluationResult, clips: pd.DataFrame) -> Path:
         f"{len(result.prompts.table)} prompts; intervals are bootstrap intervals over prompts.",
         CCS_NOTE,
     ]
-    html = render_page("Listening page: evaluation generations", summary,
-                       listening_entries(result, clips), notes)  # fmt: skip
+    html = render_page(
+        "Listening page: evaluation generations", summary, listening_entries(result, clips), notes
+    )
     return write_page(LISTENING, html)
 
 
@@ -289,9 +350,10 @@ def write_reports(result: EvaluationResult, params: Params) -> dict:
     artifacts += eval_plots.loss_curves(REPORTS, FOLDER / "loss_curves")
     artifacts += eval_plots.clap_scores(result.clap_scores, SET_LABELS, FOLDER / "clap_scores")
     artifacts += eval_plots.beta_densities(
-        params.train.timestep.beta_lambda, params.evaluate.beta_density_scores,
+        params.train.timestep.beta_lambda,
+        params.evaluate.beta_density_scores,
         FOLDER / "beta_densities",
-    )  # fmt: skip
+    )
     if result.curve:
         artifacts += eval_plots.quality_curve(result.curve, FOLDER / "quality_curve")
     page = listening_page(result, clips)

@@ -116,9 +116,11 @@ def curve_sets(generated: GeneratedSet, params: Params, generate) -> dict[int, G
         if level == generated.level:
             rows = generated.seed_index == 0
             sets[level] = GeneratedSet(
-                generated.audio[rows], generated.prompt_index[rows], generated.seed_index[rows],
+                generated.audio[rows],
+                generated.prompt_index[rows],
+                generated.seed_index[rows],
                 level,
-            )  # fmt: skip
+            )
         else:
             sets[level] = generate([0], level)
     return sets
@@ -141,13 +143,16 @@ def run(params: Params) -> EvaluationResult:
         e.batch_size,
     )
     context = Context(
-        load_prompts(params), load_reference(params, codec.sample_rate, seconds), scorers,
+        load_prompts(params),
+        load_reference(params, codec.sample_rate, seconds),
+        scorers,
         codec.sample_rate,
-    )  # fmt: skip
+    )
     encoders = PromptEncoders(
-        load_text_encoder(params.backends.text_encoder), clap,
+        load_text_encoder(params.backends.text_encoder),
+        clap,
         TORCH_DTYPES[params.latents.text_dtype],
-    )  # fmt: skip
+    )
     prompts = context.prompts.prompts
     torch.manual_seed(params.seed)
 

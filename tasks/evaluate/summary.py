@@ -5,7 +5,7 @@ paired reference window, ...). Resampling is over prompts, a prompt's clips stay
 with one seed for every metric and set: two systems scored on the same prompts get the same
 resamples, so their intervals are paired (tasks/evaluate/metrics/bootstrap.py).
 
-Metrics (paper 000 §III-B: CLAP score and FAD over CLAP embeddings; paper 003 §5.1: FAD, KL,
+Metrics (paper 000 §III-B: CLAP score and FAD over CLAP embeddings; paper 003 §5.3: FAD, KL,
 IS as audioldm_eval computes them, p-MOS):
 - clap_score: cosine of each clip's CLAP audio embedding with its prompt's CLAP text embedding
   (paper 003 §6.3: the prompt without the quality prefix), averaged per prompt; and
@@ -152,12 +152,12 @@ class Summariser:
         return result
 
     def distances_of(self, scored: ScoredSet) -> dict[str, BootstrapCI]:
-        result = {
-            name: self._set_statistic(scored, lambda rows, d=distance, n=name: d(
-                getattr(scored.scores, "clap_audio" if n == "fad_clap" else "teacher")[rows]
-            ))
-            for name, distance in self.distances.items()
-        }  # fmt: skip
+        def to_reference(name: str) -> Callable[[np.ndarray], float]:
+            distance = self.distances[name]
+            features = "clap_audio" if name == "fad_clap" else "teacher"
+            return lambda rows: distance(getattr(scored.scores, features)[rows])
+
+        result = {name: self._set_statistic(scored, to_reference(name)) for name in self.distances}
         kl = per_prompt(self.paired_kl(scored), scored.prompt_index)
         if kl.size:
             result["kl"] = self.settings.mean(kl)

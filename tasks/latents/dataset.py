@@ -128,7 +128,7 @@ class LatentDataset(Dataset[Sample]):
         self.clap_score = self.rows["clap_score"].to_numpy(np.float32)
         self.quality_level = self.rows["quality_level"].to_numpy(np.int64)
         self.empty_text_id = int(manifest["empty_text_id"])
-        self.grid: tuple[int, int] = tuple(manifest["codec"]["grid"])  # type: ignore[assignment]
+        self.grid: tuple[int, int] = tuple(manifest["codec"]["grid"])
         self.stats = LatentStats(*read_stats(root))
         self.seed, self.cfg_dropout = seed, cfg_dropout
         self.unconditional_level = unconditional_level

@@ -177,9 +177,12 @@ def load_encoders(params: Params, cache: ScoreCache) -> Encoders:
     b = params.backends
     clap = load_clap(b.clap)
     audio = CachedScorer(
-        cache, "clap_audio", backend_identity("clap", b.clap), clap.embed_audio,
+        cache,
+        "clap_audio",
+        backend_identity("clap", b.clap),
+        clap.embed_audio,
         params.latents.batch_size,
-    )  # fmt: skip
+    )
     return Encoders(
         load_codec(b.codec, params.latents.mel25),
         clap,
@@ -202,13 +205,21 @@ def build_cache(params: Params, inputs: dict[str, Path]) -> dict:
     with ScoreCache(Path(params.curate.cache_dir)) as cache:
         encoders = load_encoders(params, cache)
         segments = store.write_missing_shards(
-            root, "segments", table, "segment_id", per_shard,
+            root,
+            "segments",
+            table,
+            "segment_id",
+            per_shard,
             lambda part: encode_segments(part, tracks, params, encoders),
-        )  # fmt: skip
+        )
         text_shards = store.write_missing_shards(
-            root, "texts", texts, "text_id", per_shard,
+            root,
+            "texts",
+            texts,
+            "text_id",
+            per_shard,
             lambda part: encode_texts(part, params, encoders),
-        )  # fmt: skip
+        )
     table["shard"], table["row"] = np.divmod(np.arange(len(table)), per_shard)
     texts["shard"], texts["row"] = np.divmod(np.arange(len(texts)), per_shard)
     train_rows = np.flatnonzero((table["split"] == "train").to_numpy())

@@ -350,7 +350,7 @@ class ShardedTable:
 
 # --------------------------------------------------------------------------- statistics
 def channel_stats(
-    table: ShardedTable, name: str, rows: Sequence[int], chunk_rows: int = 256
+    table: ShardedTable, name: str, rows: Sequence[int] | np.ndarray, chunk_rows: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel (last axis) mean and population std of `name` over `rows`, in float64.
 

@@ -10,7 +10,7 @@ from tasks.params.base import PositiveInt, Section
 
 
 class EvaluateParams(Section):
-    """Paper 000 §III-B / paper 003 §5.1: generate for held-out prompts, score the set.
+    """Paper 000 §III-B / paper 003 §5.3: generate for held-out prompts, score the set.
 
     `checkpoint` is a training stage's output folder (model.safetensors + model.json), so any
     trained model can be evaluated; dvc.yaml depends on it through `${evaluate.checkpoint}`.

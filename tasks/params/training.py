@@ -129,7 +129,7 @@ class TrainParams(Section):
 
 
 class FinetuneParams(Section):
-    """Paper 000 §II-B stage 2: 10,000 steps on rewritten concise captions."""
+    """Paper 000 §II-B stage 2 on rewritten concise captions (10,000 steps: §IV-A, Table II)."""
 
     optim: OptimParams
 

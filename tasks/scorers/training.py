@@ -17,8 +17,9 @@ own log-mel except at its two edge frames.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -128,7 +129,7 @@ def train_clap(
 def degraded_copies(
     waveforms: list[np.ndarray],
     copies: int,
-    kinds: list[str],
+    kinds: Sequence[str],
     degrade_fn: Callable[[np.ndarray, str, int, np.random.Generator], np.ndarray],
     seed: int,
 ) -> tuple[list[np.ndarray], list[int]]:
@@ -170,7 +171,8 @@ def train_quality(
     groups = [usable[values[usable].numpy() == v] for v in np.unique(values[usable].numpy())]
     scale = float(values[usable].std()) or 1.0
     with torch.no_grad():
-        model.head[-1].bias.fill_(float(values[usable].mean()))
+        output = cast(torch.nn.Linear, model.head[-1])  # nn.Sequential indexes to Module
+        output.bias.fill_(float(values[usable].mean()))
     optimizer, schedule = _optimizer(model, optim)
     model.train()
     losses = []

@@ -146,8 +146,8 @@ def sample_track_spec(
     # A section is at least one bar: a slow tempo in a short track fits fewer sections,
     # and the track length range wins over the section count.
     count = max(1, min(count, int(max_seconds // spec.bar_seconds), max(STRUCTURES)))
-    names = STRUCTURES[count]
-    names = names[rng.integers(len(names))]
+    structures = STRUCTURES[count]
+    names = structures[rng.integers(len(structures))]
     bars = _bar_count(
         spec.bar_seconds,
         rng.uniform(min_seconds, max_seconds),
@@ -282,7 +282,7 @@ def compose(spec: TrackSpec) -> list[Note]:
                                 0.85,
                             )
                         )
-                elif role == "drums":
+                elif role == "drums" and profile.drum_style is not None:
                     notes.extend(_drum_hits(spec, bar, profile.drum_style, profile.swing))
     return notes
 

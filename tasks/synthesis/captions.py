@@ -169,7 +169,8 @@ def dense(claims: dict, rng: np.random.Generator) -> str:
             f"{form}.",
         ],
     )
-    phrases, heard = [], set()
+    phrases: list[str] = []
+    heard: set[str] = set()
     for section in claims["sections"]:
         phrases.append(_section_phrase(section, heard, rng))
         heard |= set(section["instruments"])

@@ -194,7 +194,11 @@ def scale_of(mode: str) -> tuple[int, ...]:
 def triad(degree: int, mode: str) -> tuple[int, int, int]:
     """Semitone offsets from the tonic of the diatonic triad on `degree` (0-based)."""
     scale = scale_of(mode)
-    return tuple(scale[(degree + step) % 7] + 12 * ((degree + step) // 7) for step in (0, 2, 4))
+
+    def offset(step: int) -> int:
+        return scale[(degree + step) % 7] + 12 * ((degree + step) // 7)
+
+    return offset(0), offset(2), offset(4)
 
 
 def roman_numeral(degree: int, mode: str) -> str:

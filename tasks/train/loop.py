@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -85,7 +85,7 @@ def build_optimizer(
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=optim.learning_rate,
-        betas=tuple(optim.adam_betas),
+        betas=(optim.adam_betas[0], optim.adam_betas[1]),
         weight_decay=optim.weight_decay,
         eps=1e-6 if optim.mixed_precision != "no" else 1e-8,
     )
@@ -241,7 +241,7 @@ class TrainingState:
     @property
     def evaluated(self) -> FlowMatchingModel:
         """The weights that are validated and kept: the EMA's when EMA is on."""
-        return self.ema.module if self.ema is not None else self.model
+        return cast(FlowMatchingModel, self.ema.module) if self.ema is not None else self.model
 
 
 @dataclass(frozen=True)
@@ -374,7 +374,7 @@ def train(
             window_seconds += time.perf_counter() - step_start  # training steps only
             step = state.step
             if step % spec.train.log_every == 0 or step == optim.steps:
-                lr = state.scheduler.get_last_lr()[0]
+                lr = float(state.scheduler.get_last_lr()[0])
                 row = _train_row(step, window, lr, window_seconds, optim.batch_size)
                 state.history.train.append(row)
                 hooks.log_metrics(finite_metrics(row), step)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import optuna
+import optuna.storages.journal
 
 from tasks.params import PrunerParams
 

@@ -22,7 +22,7 @@ from tasks.params import Params, QualityParams
 
 def cached_conditions(
     dataset: LatentDataset, rows: Sequence[int], quality: QualityParams, with_quality: bool
-) -> tuple[Condition, Condition, list[str]]:
+) -> tuple[Condition, Condition, list[int]]:
     """(condition, null condition, text ids) for dataset rows, from the cached encoder outputs
     of each row's first caption variant (the inference caption when fine-tuning)."""
     text_ids = [int(dataset.text_ids[row, 0]) for row in rows]

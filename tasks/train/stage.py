@@ -28,7 +28,7 @@ from tasks.backends.codec import load_codec
 from tasks.common.reporting import log_report
 from tasks.common.text_conditioning import FINETUNE_COLUMN
 from tasks.common.tracking import stage_run
-from tasks.latents.dataset import LatentDataset
+from tasks.latents.dataset import LatentDataset, Stage
 from tasks.latents.store import read_manifest
 from tasks.params import Params, load_stage_params
 from tasks.params.tracked import tracked_params
@@ -55,19 +55,20 @@ def training_seed(params: Params) -> int:
     return params.seed if params.train.seed is None else params.train.seed
 
 
-def datasets(params: Params, stage: str) -> tuple[LatentDataset, LatentDataset]:
-    root = Path(params.latents.root)
-    common = dict(
-        root=root,
-        stage=stage,
-        pretrain_columns=params.captions.pretrain_columns,
-        finetune_column=FINETUNE_COLUMN,
-        seed=training_seed(params),
-        unconditional_level=params.quality.unconditional_level,
-    )
-    train_set = LatentDataset(split="train", cfg_dropout=params.train.cfg_dropout, **common)
-    val_set = LatentDataset(split="val", cfg_dropout=0.0, **common)
-    return train_set, val_set
+def datasets(params: Params, stage: Stage) -> tuple[LatentDataset, LatentDataset]:
+    def split(name: str, cfg_dropout: float) -> LatentDataset:
+        return LatentDataset(
+            root=Path(params.latents.root),
+            split=name,
+            stage=stage,
+            pretrain_columns=params.captions.pretrain_columns,
+            finetune_column=FINETUNE_COLUMN,
+            seed=training_seed(params),
+            cfg_dropout=cfg_dropout,
+            unconditional_level=params.quality.unconditional_level,
+        )
+
+    return split("train", params.train.cfg_dropout), split("val", 0.0)
 
 
 def fingerprint(params: Params, stage: str, inputs: Sequence[Path]) -> str:
@@ -93,7 +94,7 @@ def initial_weights(model: FlowMatchingModel, stage: str, config) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- the stage
-def main(stage: str) -> None:
+def main(stage: Stage) -> None:
     """The `pretrain` / `finetune` entry point (`python -m tasks.train pretrain|finetune`).
 
     Inside a sweep trial (TTM_OPTUNA_* set) the validation losses go to the trial, finetune's
@@ -110,6 +111,10 @@ def main(stage: str) -> None:
             f"matching {summary['first_val_flow_matching']:.4f} -> "
             f"{summary['val_flow_matching']:.4f}"
         )
+
+
+def log_metrics(metrics: dict[str, float], step: int) -> None:
+    mlflow.log_metrics(metrics, step=step)
 
 
 def run_spec(params: Params, stage: str, fingerprint_value: str) -> RunSpec:
@@ -142,7 +147,7 @@ def summarise(result: TrainResult, model: FlowMatchingModel, checks: dict) -> di
     }
 
 
-def run(params: Params, stage: str, callbacks: Sequence[ValidationCallback] = ()) -> dict:
+def run(params: Params, stage: Stage, callbacks: Sequence[ValidationCallback] = ()) -> dict:
     """Train one stage end to end; {} on the processes other than the main one."""
     # cpu=True where there is no GPU: under torchrun / `accelerate launch` that makes the
     # processes one gloo group (MULTI_CPU) instead of independent copies of the run.
@@ -166,7 +171,7 @@ def run(params: Params, stage: str, callbacks: Sequence[ValidationCallback] = ()
         if main:
             mlflow.log_params({"trainable_parameters": trainable_parameters(model.backbone)})
         hooks = TrainingHooks(
-            log_metrics=mlflow.log_metrics if main else lambda metrics, step: None,
+            log_metrics=log_metrics if main else lambda metrics, step: None,
             callbacks=callbacks,
             on_evaluate=audio_logger(val_set, params, codec, stage, REPORTS),
         )
@@ -176,8 +181,12 @@ def run(params: Params, stage: str, callbacks: Sequence[ValidationCallback] = ()
         clap = load_clap(params.backends.clap)
         summary = summarise(result, model, sample_check(result.model, val_set, params, codec, clap))
         log_report(write_reports(result, REPORTS / stage, stage, summary), f"tables/{stage}")
-        meta = {"stage": stage, "step": result.steps, "fingerprint": spec.fingerprint}
-        meta["params"] = tracked_params(params, stage)
+        meta = {
+            "stage": stage,
+            "step": result.steps,
+            "fingerprint": spec.fingerprint,
+            "params": tracked_params(params, stage),
+        }
         checkpoints.save_final_model(spec.checkpoint_dir, result.model, config, meta)
         mlflow.log_dict(asdict(config), "model_config.json")
         checkpoints.clear_training_checkpoints(spec.checkpoint_dir)

@@ -77,7 +77,8 @@ def test_mel25_has_the_ace_step_latent_shape(mel25):
     assert (mel25.sample_rate, mel25.frame_rate, mel25.latent_dim) == (16000, 25.0, 64)
     assert mel25.grid == (1, 64)
     latents = mel25.encode([harmonic(220, 10.0, 16000), harmonic(330, 10.0, 16000)], 16000)
-    assert latents.shape == (2, 250, 64) and latents.dtype == np.float32  # paper 000 §III-A
+    # paper 000 §III-A (25 Hz) and Table II (64 channels x 250 frames)
+    assert latents.shape == (2, 250, 64) and latents.dtype == np.float32
     assert latents.reshape(2, 250, *mel25.grid).shape == (2, 250, 1, 64)
 
 

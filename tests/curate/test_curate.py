@@ -157,9 +157,14 @@ def test_fewer_high_keeps_all_high_then_top_medium_never_low() -> None:
     tiers = assign_tiers(scores, ABSOLUTE)
     status = select_track(scores, tiers, 3, np.random.default_rng(0))
     assert list(status) == [
-        DROPPED_SURPLUS, KEPT_HIGH, KEPT_MEDIUM, DROPPED_LOW,
-        DROPPED_SURPLUS, DROPPED_LOW, KEPT_MEDIUM,
-    ]  # fmt: skip
+        DROPPED_SURPLUS,
+        KEPT_HIGH,
+        KEPT_MEDIUM,
+        DROPPED_LOW,
+        DROPPED_SURPLUS,
+        DROPPED_LOW,
+        KEPT_MEDIUM,
+    ]
 
 
 def test_fewer_than_k_admissible_keeps_fewer_and_silent_is_rejected() -> None:
@@ -177,9 +182,12 @@ def test_tier_boundaries_are_inclusive_below() -> None:
 @pytest.mark.parametrize(("high_share", "low_share"), [(0.5, 0.2), (0.3, 0.1), (0.8, 0.15)])
 def test_validation_quantiles_give_the_requested_shares(small_params, high_share, low_share):
     curate_params = small_params.curate.model_copy(
-        update={"threshold_mode": "validation_quantile", "high_share": high_share,
-                "low_share": low_share}
-    )  # fmt: skip
+        update={
+            "threshold_mode": "validation_quantile",
+            "high_share": high_share,
+            "low_share": low_share,
+        }
+    )
     val = np.random.default_rng(3).normal(0.1, 0.2, 2000)
     thresholds = calibrate_thresholds(curate_params, val)
     tiers = assign_tiers(val, thresholds)
@@ -397,8 +405,10 @@ def test_ground_truth_measures_on_a_hand_built_table() -> None:
     assert (clean["files"], clean["candidates"], clean["kept"]) == (4, 8, 5 / 8)
     assert clean["files_dropped_entirely"] == 1 / 4 and clean["not_low"] == 1.0
     assert (wrong["dropped"], wrong["low_tier"], wrong["files_dropped_entirely"]) == (
-        3 / 4, 3 / 4, 1 / 2,
-    )  # fmt: skip
+        3 / 4,
+        3 / 4,
+        1 / 2,
+    )
     table = curation_report.filter_table(truth).set_index(["scope", "target"])
     row = table.loc[("train", "wrong")]
     assert (row["file_precision"], row["file_recall"]) == (1 / 2, 1 / 2)  # c3 and w1 dropped

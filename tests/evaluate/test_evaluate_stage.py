@@ -79,8 +79,13 @@ def test_reference_folder_records_every_unusable_file(tmp_path: Path) -> None:
 
 def test_level_prefix_follows_the_bins(tiny_params: Params) -> None:
     prefixes = [level_prefix(tiny_params.quality, level) for level in range(1, 6)]
-    assert prefixes == ["low quality", "low quality", "medium quality", "high quality",
-                        "high quality"]  # fmt: skip
+    assert prefixes == [
+        "low quality",
+        "low quality",
+        "medium quality",
+        "high quality",
+        "high quality",
+    ]
 
 
 EVALUATE = {"evaluate": {"generations_per_prompt": 2, "bootstrap_resamples": 200}}

@@ -52,8 +52,11 @@ def test_stage_order_is_dvc_yaml_order_and_respects_every_dependency() -> None:
     order = dvc_runs.stage_order(REPO)
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert order == list(stages)  # dvc.yaml lists them upstream first
-    producers = {out if isinstance(out, str) else next(iter(out)): name
-                 for name, stage in stages.items() for out in stage.get("outs", [])}  # fmt: skip
+    producers = {
+        out if isinstance(out, str) else next(iter(out)): name
+        for name, stage in stages.items()
+        for out in stage.get("outs", [])
+    }
     for name, stage in stages.items():
         for dependency in stage.get("deps", []):
             producer = producers.get(
@@ -64,12 +67,19 @@ def test_stage_order_is_dvc_yaml_order_and_respects_every_dependency() -> None:
 
 
 def test_experiment_command_passes_overrides_in_dvc_grammar() -> None:
-    command = dvc_runs.exp_run_command("s-t0", {"model.repa.clap.weight": 0.2, "train.seed": 3,
-                                                "quality.use_prefix": False})  # fmt: skip
+    command = dvc_runs.exp_run_command(
+        "s-t0", {"model.repa.clap.weight": 0.2, "train.seed": 3, "quality.use_prefix": False}
+    )
     assert command[:3] == [sys.executable, "-m", "dvc"]
     assert command[3:8] == ["exp", "run", "--temp", "-n", "s-t0"]
-    assert command[8:] == ["-S", "model.repa.clap.weight=0.2", "-S", "train.seed=3",
-                           "-S", "quality.use_prefix=false"]  # fmt: skip
+    assert command[8:] == [
+        "-S",
+        "model.repa.clap.weight=0.2",
+        "-S",
+        "train.seed=3",
+        "-S",
+        "quality.use_prefix=false",
+    ]
 
 
 def test_overrides_are_checked_against_params_yaml(tmp_path: Path) -> None:

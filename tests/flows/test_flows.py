@@ -16,9 +16,11 @@ from tests.conftest import REPO
 def test_budget_and_seed_become_params_overrides() -> None:
     assert fanout.budget_overrides(None, None, None, None) == {}
     assert fanout.budget_overrides(300, 100, 7, {"sample.steps": 10}) == {
-        "sample.steps": 10, "train.optim.steps": 300, "finetune.optim.steps": 100,
+        "sample.steps": 10,
+        "train.optim.steps": 300,
+        "finetune.optim.steps": 100,
         "train.seed": 7,
-    }  # fmt: skip
+    }
 
 
 def test_flows_work_in_the_project_repository(tmp_path: Path) -> None:

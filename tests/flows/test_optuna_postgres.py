@@ -50,8 +50,9 @@ def postgres_server() -> Iterator[str]:
     port = free_port()
     subprocess.run(
         as_server_user([postgres_binary("initdb"), "-D", str(data), "-U", "ttm", "--auth=trust"]),
-        check=True, capture_output=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
     control = [postgres_binary("pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w"]
     subprocess.run(

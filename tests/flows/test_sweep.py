@@ -131,14 +131,18 @@ def test_finetune_steps_follow_pretrain_steps(tmp_path, params) -> None:
 def test_outcomes_and_orphaned_trials(tmp_path, params) -> None:
     spec = spec_for(params)
     assert studies.trial_outcome(True, "", {"clap_score": 0.3}, spec, None) == (
-        TrialState.COMPLETE, 0.3, None,
-    )  # fmt: skip
+        TrialState.COMPLETE,
+        0.3,
+        None,
+    )
     state, _, reason = studies.trial_outcome(True, "", {"fad_clap": 1.0}, spec, None)
     assert state == TrialState.FAIL and "clap_score missing" in reason
     assert studies.trial_outcome(False, "killed", {}, spec, 8)[0] == TrialState.PRUNED
     assert studies.trial_outcome(False, "killed", {}, spec, None) == (
-        TrialState.FAIL, None, "killed",
-    )  # fmt: skip
+        TrialState.FAIL,
+        None,
+        "killed",
+    )
     url = storage_url(tmp_path)
     study = studies.create_study(url, "c", spec, "tpe", 0)
     alive, dead = study.ask(), study.ask()
@@ -153,9 +157,13 @@ def test_outcomes_and_orphaned_trials(tmp_path, params) -> None:
 def test_table_cells_put_each_switch_alone_on_top_of_base(params) -> None:
     cells = studies.table_cells(params.ablation, ["clap_repa_aggressive", "beta_2.0"], [0, 1])
     assert [(name, seed) for name, seed, _ in cells] == [
-        ("base", 0), ("base", 1), ("clap_repa_aggressive", 0), ("clap_repa_aggressive", 1),
-        ("beta_2.0", 0), ("beta_2.0", 1),
-    ]  # fmt: skip
+        ("base", 0),
+        ("base", 1),
+        ("clap_repa_aggressive", 0),
+        ("clap_repa_aggressive", 1),
+        ("beta_2.0", 0),
+        ("beta_2.0", 1),
+    ]
     base = dict(params.ablation.base)
     assert cells[1][2] == {**base, "train.seed": 1}
     aggressive = cells[2][2]

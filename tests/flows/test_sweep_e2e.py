@@ -60,9 +60,15 @@ def parent_run(root: Path, study_name: str):
 def test_sweep_deployment_runs_three_trials_end_to_end(stack):
     started = time.perf_counter()
     result = stack.prefect(
-        "deployment", "run", "ablation-sweep/local",
-        "--param", "study_name=e2e", "--param", "n_trials=3", "--watch",
-    )  # fmt: skip
+        "deployment",
+        "run",
+        "ablation-sweep/local",
+        "--param",
+        "study_name=e2e",
+        "--param",
+        "n_trials=3",
+        "--watch",
+    )
     wall = time.perf_counter() - started
     assert result.returncode == 0, result.stdout + result.stderr
     print(f"3-trial sweep: {wall:.0f} s wall")
@@ -74,9 +80,11 @@ def test_sweep_deployment_runs_three_trials_end_to_end(stack):
     assert complete, [trial.state for trial in trials]
     for trial in complete:
         assert set(trial.params) == {
-            "train.timestep.beta_lambda", "model.repa.clap.weight", "model.repa.muq.weight",
+            "train.timestep.beta_lambda",
+            "model.repa.clap.weight",
+            "model.repa.muq.weight",
             "model.masking.mask_ratio",
-        }  # fmt: skip
+        }
         assert trial.intermediate_values, "the trainer reported validation losses"
         assert "metric.fad_clap" in trial.user_attrs
     # Two workers, one per "GPU": the trials were spread over both.
@@ -157,9 +165,14 @@ def test_killed_trials_are_recorded_failed_and_the_sweep_finishes_the_others(sta
     1 loses its whole flow run process tree (a worker crash): nobody closes it, the worker
     reports the flow run Crashed, and the sweep closes the trial as FAIL. Trial 2 runs."""
     created = stack.prefect(
-        "deployment", "run", "ablation-sweep/local",
-        "--param", "study_name=killed", "--param", "n_trials=3",
-    )  # fmt: skip
+        "deployment",
+        "run",
+        "ablation-sweep/local",
+        "--param",
+        "study_name=killed",
+        "--param",
+        "n_trials=3",
+    )
     assert created.returncode == 0, created.stdout + created.stderr
     flow_run_id = next(line.split()[-1] for line in created.stdout.splitlines() if "UUID" in line)
     os.kill(_trial_process("killed", 0, b"tasks.train\0pretrain"), signal.SIGKILL)
@@ -173,9 +186,10 @@ def test_killed_trials_are_recorded_failed_and_the_sweep_finishes_the_others(sta
 
     trials = {trial.number: trial for trial in study(stack.root, "killed").trials}
     assert [trials[n].state for n in range(3)] == [
-        optuna.trial.TrialState.FAIL, optuna.trial.TrialState.FAIL,
+        optuna.trial.TrialState.FAIL,
+        optuna.trial.TrialState.FAIL,
         optuna.trial.TrialState.COMPLETE,
-    ]  # fmt: skip
+    ]
     assert trials[0].user_attrs["fail_reason"] == "stage pretrain killed by SIGKILL"
     assert "ended Crashed before closing the trial" in trials[1].user_attrs["fail_reason"]
 
@@ -190,9 +204,17 @@ def test_table_deployment_runs_base_and_one_switch_over_two_seeds(stack):
     """Table I's protocol on two seeds: mean ± std per configuration, Δ against base,
     Welch's test, in MLflow and in reports/."""
     result = stack.prefect(
-        "deployment", "run", "ablation-table/local", "--param", "table_name=t1",
-        "--param", 'configurations=["beta_0.2"]', "--param", "seeds=[0, 1]", "--watch",
-    )  # fmt: skip
+        "deployment",
+        "run",
+        "ablation-table/local",
+        "--param",
+        "table_name=t1",
+        "--param",
+        'configurations=["beta_0.2"]',
+        "--param",
+        "seeds=[0, 1]",
+        "--watch",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     trials = study(stack.root, "t1").trials
     cells = sorted((t.user_attrs["configuration"], t.user_attrs["seed"]) for t in trials)

@@ -37,9 +37,19 @@ SEED = 7
 PRETRAIN_COLUMNS = ["caption_refined", "caption_dense"]
 EMPTY_TEXT_ID = 0  # write_synthetic_cache's empty_text_id
 KEYS = {
-    "latent", "text", "text_mask", "clap_text", "score", "clap_score", "quality_level",
-    "clap_target", "teacher_target", "dropped", "text_id", "index",
-}  # fmt: skip
+    "latent",
+    "text",
+    "text_mask",
+    "clap_text",
+    "score",
+    "clap_score",
+    "quality_level",
+    "clap_target",
+    "teacher_target",
+    "dropped",
+    "text_id",
+    "index",
+}
 
 
 @pytest.fixture(scope="module")

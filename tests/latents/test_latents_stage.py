@@ -97,9 +97,13 @@ def test_killed_run_resumes_to_the_same_cache(curated_workspace, tmp_path) -> No
     process.wait()
     assert not (killed / "data/latents/segments.parquet").exists()  # index is written last
     rerun = subprocess.run(
-        [sys.executable, "-m", "tasks.latents"], cwd=killed, env=_env(killed),
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [sys.executable, "-m", "tasks.latents"],
+        cwd=killed,
+        env=_env(killed),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "skipped 0 +" not in rerun.stdout  # finished shards were not recomputed
     assert _files(killed / "data/latents") == _files(clean / "data/latents")
@@ -121,9 +125,15 @@ def test_killed_run_resumes_to_the_same_cache(curated_workspace, tmp_path) -> No
     prefixed = texts["text"].str.contains(", ", regex=False) & texts["caption"].ne("")
     assert prefixed.any()  # quality.use_prefix: "{prefix}, {caption}" (paper 003 §4.1)
     dataset = LatentDataset(
-        root, "train", "finetune", params.captions.pretrain_columns, "caption_inference",
-        params.seed, 0.0, params.quality.unconditional_level,
-    )  # fmt: skip
+        root,
+        "train",
+        "finetune",
+        params.captions.pretrain_columns,
+        "caption_inference",
+        params.seed,
+        0.0,
+        params.quality.unconditional_level,
+    )
     assert len(dataset) == table.loc[table["split"] == "train", "finetune"].sum()
     sample = dataset[0]
     assert sample["latent"].shape == (frames, params.latents.mel25.n_mels)

@@ -18,10 +18,20 @@ from tasks.train.model_factory import CacheShapes, backbone_config, build_model
 from tests.conftest import REPO
 
 TINY = FluxAudioConfig(
-    latent_dim=8, hidden_dim=32, num_heads=2, depth=4, fused_depth=2, latent_seq_len=24,
-    text_seq_len=6, text_dim=12, condition_dim=10, mlp_ratio=2.0, quality_levels=5,
-    decode_layers=2, side_interpolator=True,
-)  # fmt: skip
+    latent_dim=8,
+    hidden_dim=32,
+    num_heads=2,
+    depth=4,
+    fused_depth=2,
+    latent_seq_len=24,
+    text_seq_len=6,
+    text_dim=12,
+    condition_dim=10,
+    mlp_ratio=2.0,
+    quality_levels=5,
+    decode_layers=2,
+    side_interpolator=True,
+)
 PAPER_SHAPES = CacheShapes(250, 64, 77, 1024, 512, 512, 1024)
 
 
@@ -188,13 +198,20 @@ def _model_params(clap_weight: float, muq_weight: float) -> Params:
         read_yaml(REPO / "params.yaml"),
         {
             "model": {
-                "latent_dim": 8, "hidden_dim": 32, "num_heads": 2, "depth": 4,
-                "fused_depth": 2, "latent_seq_len": 24, "text_seq_len": 6,
-                "repa": {"clap": {"weight": clap_weight, "projector_dim": 16},
-                         "muq": {"weight": muq_weight, "projector_dim": 16}},
+                "latent_dim": 8,
+                "hidden_dim": 32,
+                "num_heads": 2,
+                "depth": 4,
+                "fused_depth": 2,
+                "latent_seq_len": 24,
+                "text_seq_len": 6,
+                "repa": {
+                    "clap": {"weight": clap_weight, "projector_dim": 16},
+                    "muq": {"weight": muq_weight, "projector_dim": 16},
+                },
             }
         },
-    )  # fmt: skip
+    )
     return Params.from_mapping(raw)
 
 

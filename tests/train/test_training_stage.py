@@ -27,10 +27,19 @@ from tasks.train.loop import check_finite, learning_rate_factor
 # --------------------------------------------------------------------------- pure parts
 def _optim(**overrides) -> OptimParams:
     base = dict(
-        steps=100, batch_size=4, learning_rate=1e-4, weight_decay=1e-6, adam_betas=[0.9, 0.95],
-        grad_clip=1.0, warmup_steps=10, lr_milestones=[0.8, 0.9], lr_gamma=0.1,
-        mixed_precision="no", eval_every=10, checkpoint_every=10,
-    )  # fmt: skip
+        steps=100,
+        batch_size=4,
+        learning_rate=1e-4,
+        weight_decay=1e-6,
+        adam_betas=[0.9, 0.95],
+        grad_clip=1.0,
+        warmup_steps=10,
+        lr_milestones=[0.8, 0.9],
+        lr_gamma=0.1,
+        mixed_precision="no",
+        eval_every=10,
+        checkpoint_every=10,
+    )
     return OptimParams(**{**base, **overrides})
 
 
@@ -156,8 +165,12 @@ def _pretrain(root: Path, kill_at: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
     return subprocess.run(
         [sys.executable, "-c", KILLABLE_RUN, str(kill_at)],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
@@ -193,8 +206,12 @@ def test_two_processes_train_as_one_group(latent_workspace, tmp_path: Path) -> N
     torchrun = Path(sys.executable).parent / "torchrun"
     result = subprocess.run(
         [str(torchrun), "--nproc_per_node", "2", "-m", "tasks.pretrain"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("pretrain: 12 steps") == 1  # the main process reports
     metrics = json.loads((root / "reports/pretrain/metrics.json").read_text())

@@ -3,7 +3,7 @@ MIREX tempo accuracy."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence, Sized
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +19,7 @@ TEMPO_OCTAVE_FACTORS = (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0)
 # Attribute checks
 
 
-def _check_lengths(predicted: Sequence[object], truth: Sequence[object]) -> None:
+def _check_lengths(predicted: Sized, truth: Sized) -> None:
     if len(predicted) != len(truth):
         raise ValueError(f"lengths differ: {len(predicted)} predicted vs {len(truth)} true")
     if len(truth) == 0:
