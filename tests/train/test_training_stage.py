@@ -205,7 +205,7 @@ def test_two_processes_train_as_one_group(latent_workspace, tmp_path: Path) -> N
     }
     torchrun = Path(sys.executable).parent / "torchrun"
     result = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "-m", "tasks.pretrain"],
+        [str(torchrun), "--nproc_per_node", "2", "-m", "tasks.train", "pretrain"],
         cwd=root,
         env=env,
         capture_output=True,
