@@ -13,7 +13,11 @@
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -166,6 +170,62 @@ def test_a_deleted_dependency_is_caught() -> None:
     assert "pretrain: missing tasks/common/generation.py" in deps_mismatch("pretrain", stage)
     stage["deps"] = [*stage["deps"], "tasks/common/generation.py", "tasks/corpus/ingest.py"]
     assert "pretrain: lists unused tasks/corpus/ingest.py" in deps_mismatch("pretrain", stage)
+
+
+def stale_entries(status: dict[str, list]) -> list[str]:
+    """What `dvc status --json` says changed in code, params, command or committed outputs.
+    Missing data (a clean clone has no data/ and no cache: "deleted", "not in cache") is not
+    staleness: `dvc repro` rebuilds it from the committed code."""
+    missing = {"deleted", "not in cache"}
+    stale = []
+    for stage, changes in status.items():
+        for change in changes:
+            if not isinstance(change, dict):  # "changed checksum", "always changed"
+                stale.append(f"{stage}: {change}")
+                continue
+            for kind, entries in change.items():
+                items = entries.items() if isinstance(entries, dict) else [(entries, kind)]
+                stale += [
+                    f"{stage}: {kind} {path} ({state})"
+                    for path, state in items
+                    if not (isinstance(state, str) and state in missing)
+                ]
+    return stale
+
+
+def test_committed_dvc_lock_matches_the_code_and_params() -> None:
+    """The committed DAG is the committed code's: no stage's code, params, command or
+    committed report differs from its dvc.lock entry (`dvc status` compares hashes only)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+        check=True,
+    )
+    stale = stale_entries(json.loads(result.stdout or "{}"))
+    assert stale == [], "run `dvc repro` and commit dvc.lock with the reports:\n" + "\n".join(stale)
+
+
+def test_stale_entries_ignore_missing_data_only() -> None:
+    """The shape `dvc status --json` prints for an edited module and an edited param."""
+    status = {
+        "curate": [
+            {
+                "changed deps": {
+                    "data/corpus": "deleted",
+                    "tasks/curate": "modified",
+                    "params.yaml": {"curate": "modified"},
+                }
+            },
+            {"changed outs": {"data/curated": "not in cache"}},
+        ],
+    }
+    assert stale_entries(status) == [
+        "curate: changed deps tasks/curate (modified)",
+        "curate: changed deps params.yaml ({'curate': 'modified'})",
+    ]
 
 
 @pytest.mark.parametrize("name", list(dvc_stages()))
