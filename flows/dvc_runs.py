@@ -35,6 +35,7 @@ RAN_STAGE = re.compile(r"Running stage '([^']+)'")
 LOCKED = "Unable to acquire lock"
 EXIT_CODE = re.compile(r"exited with (-?\d+)")
 LOG_TAIL_LINES = 40
+SHELL_SIGNAL_BASE = 128
 
 
 @dataclass(frozen=True)
@@ -56,23 +57,43 @@ class DvcResult:
     def transient(self) -> bool:
         """Worth retrying: the stage was killed by a signal (OOM killer, preemption; training
         resumes from its last checkpoint) or another DVC process held the lock."""
+        return self.killed_by is not None or LOCKED in self.log_tail
+
+    @property
+    def exit_status(self) -> int:
+        """The failed stage's exit status as DVC reported it (else dvc's own)."""
         code = EXIT_CODE.findall(self.log_tail)
-        status = int(code[-1]) if code else self.returncode
-        return status < 0 or LOCKED in self.log_tail
+        return int(code[-1]) if code else self.returncode
+
+    @property
+    def killed_by(self) -> signal.Signals | None:
+        """The signal that ended the stage. DVC runs a stage through `$SHELL -c` (`/bin/sh`
+        when SHELL is unset): bash execs the command and DVC sees -N, dash waits for it and
+        exits with 128 + N, the POSIX shells' convention for a child killed by signal N."""
+        status = self.exit_status
+        if status < 0:
+            number = -status
+        elif status > SHELL_SIGNAL_BASE:
+            number = status - SHELL_SIGNAL_BASE
+        else:
+            return None
+        try:
+            return signal.Signals(number)
+        except ValueError:
+            return None
 
     def failure_reason(self) -> str:
         """One line for the table: which stage failed, how (signal, exit code, timeout),
         and the last line the stage printed (its exception) before DVC's own error."""
         stage = f"stage {self.failed_stage}" if self.failed_stage else "dvc"
-        code = EXIT_CODE.findall(self.log_tail)
-        status = int(code[-1]) if code else self.returncode
-        how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"exited with {status}"
+        killed_by = self.killed_by
+        how = f"killed by {killed_by.name}" if killed_by else f"exited with {self.exit_status}"
         lines = [line.strip() for line in self.log_tail.splitlines() if line.strip()]
         dvc_error = next((i for i, line in enumerate(lines) if line.startswith("ERROR:")), None)
         before = lines[:dvc_error] if dvc_error is not None else lines
         said = before[-1] if before and not RAN_STAGE.match(before[-1]) else ""
-        if said.startswith(">"):  # the stage's command line: it printed nothing
-            said = ""
+        if said.startswith(">") or (killed_by and said == "Killed"):
+            said = ""  # the stage's command line (it printed nothing), or dash's own notice
         return f"{stage} {how}" + (f": {said}" if said else "")
 
 

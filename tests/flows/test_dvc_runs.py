@@ -48,6 +48,20 @@ def test_failure_reasons_name_the_stage_the_signal_and_the_error() -> None:
     assert locked.transient and locked.failure_reason().startswith("dvc exited with 1")
 
 
+def test_a_signal_reported_by_a_waiting_shell_is_still_a_signal() -> None:
+    """With SHELL unset DVC runs stages under dash, which waits for the command: the
+    SIGKILL arrives as exit status 137 after dash's own "Killed" line (as on CI)."""
+    via_dash = KILLED.replace("exited with -9", "exited with 137").replace(
+        "ERROR:", "Killed\nERROR:"
+    )
+    killed = result(via_dash)
+    assert killed.failure_reason() == "stage pretrain killed by SIGKILL"
+    assert killed.transient
+    ordinary = result(via_dash.replace("exited with 137", "exited with 2"))
+    assert ordinary.failure_reason() == "stage pretrain exited with 2: Killed"
+    assert not ordinary.transient
+
+
 def test_stage_order_is_dvc_yaml_order_and_respects_every_dependency() -> None:
     order = dvc_runs.stage_order(REPO)
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
