@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # dvc runs stage commands through the shell: put the venv first on PATH so `python` is ours.
 RUN := PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1
 
-.PHONY: setup system-packages run test test-fast lint bench listening-check serve worker mlflow-ui clean
+.PHONY: setup system-packages run test test-fast lint bench listening-check serve worker mlflow-ui optuna-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -80,6 +80,12 @@ worker: setup
 ## mlflow-ui: browse runs and ablation tables on http://127.0.0.1:5000
 mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
+
+## optuna-ui: Optuna's dashboard for the studies in optuna.db on http://127.0.0.1:8080
+## (installs the optional `dashboard` extra the first time)
+optuna-ui: setup
+	$(BIN)/python -c "import optuna_dashboard" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dashboard]'
+	$(BIN)/optuna-dashboard sqlite:///$(abspath optuna.db) --host 127.0.0.1 --port 8080
 
 clean:
 	rm -rf $(VENV)

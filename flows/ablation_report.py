@@ -110,13 +110,20 @@ def publish(
     markdown = ablation_tables.markdown_report(title, summary, trials, table, spec)
     folder = repo / REPORTS / "ablations"
     folder.mkdir(parents=True, exist_ok=True)
-    tables = {"trials": trials} if table is None else {"table_one": table, "trials": trials}
+    # What a reader looks at first (MLflow lists artifacts by name: `compact` comes first),
+    # then every column; an empty cell where a value doesn't exist, never `null`.
+    compact = (
+        ablation_tables.compact_trials(trials, spec)
+        if table is None
+        else ablation_tables.table_one_display(table, spec)
+    )
+    tables = {"compact": compact, "trials": ablation_tables.empty_where_missing(trials)}
+    if table is not None:
+        tables["table_one"] = ablation_tables.empty_where_missing(table)
     files = {"md": folder / f"{study.study_name}.md", "html": folder / f"{study.study_name}.html"}
     with atomic_path(files["md"]) as tmp:
         tmp.write_text(markdown)
-    shown = {name: frame for name, frame in tables.items()}
-    if table is not None:
-        shown["table_one"] = ablation_tables.table_one_display(table, spec)
+    shown = {"summary": compact, "trials": ablation_tables.trials_display(trials)}
     with atomic_path(files["html"]) as tmp:
         tmp.write_text(ablation_tables.html_report(title, summary, shown))
     figures = mlflow_runs.optuna_figures(study) if spec.kind == "sweep" else {}

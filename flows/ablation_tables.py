@@ -108,15 +108,69 @@ def table_one(trials: pd.DataFrame, spec: StudySpec, configurations: Sequence[st
 
 # --------------------------------------------------------------------------- rendering
 def _number(value: object, digits: int = 4) -> str:
+    """`digits` significant digits, in scientific notation where small or large, so that a
+    REPA weight of 2.3e-05 does not print as 0; "–" where there is no value."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return f"{value:#.{digits}g}"
     return str(value)
 
 
+def _signed(value: float, digits: int = 4) -> str:
+    return "–" if math.isnan(value) else f"{value:+#.{digits}g}"
+
+
+def short_names(keys: Sequence[str]) -> dict[str, str]:
+    """Each dotted params key as its shortest dotted suffix that no other key shares
+    (`train.timestep.beta_lambda` → `beta_lambda`, `model.repa.clap.weight` → `clap.weight`)."""
+    names = {}
+    for key in keys:
+        parts = key.split(".")
+        for length in range(1, len(parts) + 1):
+            suffix = ".".join(parts[-length:])
+            if not any(other != key and other.endswith(f".{suffix}") for other in keys):
+                names[key] = suffix
+                break
+    return names
+
+
+def _note(row: Mapping[str, object]) -> str:
+    """Why a trial has no objective: its failure, or where the pruner stopped it."""
+    if row["state"] == "PRUNED" and not pd.isna(row.get("pruned_at_step")):
+        return (
+            f"pruned at step {row['pruned_at_step']} (val loss {_number(row['pruned_val_loss'])})"
+        )
+    reason = row.get("fail_reason")
+    return str(reason) if isinstance(reason, str) else ""
+
+
+def compact_trials(trials: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
+    """The trials table people read first: the trial, what it varied (searched params under
+    short names, or configuration and seed), objective and metrics at 4 significant digits,
+    state, minutes, its DVC experiment (when kept) and a note; empty cells where a value
+    doesn't exist."""
+    if spec.kind == "table":
+        varied = {"configuration": "configuration", "seed": "seed"}
+    else:
+        varied = short_names([key for key in spec.search_space if key in trials])
+    metrics = [spec.objective, *(name for name in spec.metrics if name != spec.objective)]
+    rows = []
+    for _, trial in trials.iterrows():
+        row: dict[str, str] = {"trial": str(trial["trial"])}
+        row |= {short: _number(trial[key]) for key, short in varied.items()}
+        row |= {name: _number(trial[name]) for name in metrics}
+        minutes = trial.get("trial_seconds", math.nan)
+        row |= {"state": str(trial["state"]), "minutes": _number(minutes / 60, 3)}
+        kept = trial.get("dvc_experiment")
+        row["experiment"] = kept if isinstance(kept, str) else ""  # for `dvc exp apply`
+        row["note"] = _note(trial)
+        rows.append(row)
+    return pd.DataFrame(rows).replace("–", "")
+
+
 def table_one_display(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
-    """Table I as people read it: `mean ± std`, `Δ` with a `*` where Welch's p < α."""
+    """Table I as people read it: `mean ± std`, `Δ` with a `*` where Welch's p < α, `p`."""
     arrows = {"maximize": "↑", "minimize": "↓"}
     shown = table[["configuration", "seeds", "failed"]].copy()
     for metric, metric_spec in spec.metrics.items():
@@ -125,17 +179,23 @@ def table_one_display(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
             f"{_number(m)} ± {_number(s)}" for m, s in zip(mean, std, strict=True)
         ]
         if f"{metric}_delta" in table:
+            is_base = table["configuration"] == BASE
             shown[f"Δ {metric}"] = [
-                "" if name == BASE else f"{d:+.4f}{'*' if sig else ''} (p={_number(p, 3)})"
-                for name, d, p, sig in zip(
-                    table["configuration"],
-                    table[f"{metric}_delta"],
-                    table[f"{metric}_p"],
-                    table[f"{metric}_significant"],
-                    strict=True,
+                "" if base else f"{_signed(d)}{'*' if sig else ''}"
+                for base, d, sig in zip(
+                    is_base, table[f"{metric}_delta"], table[f"{metric}_significant"], strict=True
                 )
             ]
+            shown[f"p {metric}"] = [
+                "" if base else _number(p, 3)
+                for base, p in zip(is_base, table[f"{metric}_p"], strict=True)
+            ]
     return shown
+
+
+def empty_where_missing(frame: pd.DataFrame) -> pd.DataFrame:
+    """Numbers stay numbers; a missing value becomes an empty cell (JSON `""`, not `null`)."""
+    return frame.astype(object).where(frame.notna(), "")
 
 
 def trials_display(trials: pd.DataFrame) -> pd.DataFrame:
@@ -166,7 +226,9 @@ def markdown_report(
             f"p < {spec.significance_level} (seeds of the configuration vs seeds of base; "
             "needs two seeds on each side).",
         ]
-    lines += ["", "### Trials", "", trials_display(trials).to_markdown(index=False), ""]
+    compact = compact_trials(trials, spec).to_markdown(index=False)
+    lines += ["", "### Trials", "", compact, ""]
+    lines += ["Every column of every trial: the HTML report beside this file and MLflow.", ""]
     return "\n".join(lines)
 
 

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
+from uuid import UUID
 
 import optuna
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from flows import ablation_report, dvc_runs, mlflow_runs, studies
 from flows.settings import tracking
@@ -26,6 +32,17 @@ from flows.trial import ablation_trial
 from tasks.params import Params
 
 POLL_SECONDS = 2.0
+
+# The flows' parameter types. Prefect validates a flow's parameters with pydantic before its
+# body runs, and a deployment's server refuses a flow run whose parameters break the
+# deployment's schema (`enforce_parameter_schema`, on by default): a bad value fails naming
+# the flow parameter, before a study, an MLflow run or a report section exists.
+StudyName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][\w.-]*$")]
+TrialCount = NonNegativeInt  # 0: only close and report an existing study
+Steps = PositiveInt | None
+Seed = NonNegativeInt
+Seeds = Annotated[list[NonNegativeInt], Field(min_length=1)] | None
+Minutes = PositiveFloat | None
 
 
 def budget_overrides(
@@ -69,7 +86,11 @@ def start_study(
     logged: dict[str, Any],
 ) -> optuna.Study:
     """The study's MLflow parent run (with `logged` as params), then the study itself,
-    created once before any trial; a study that can't be resumed fails its parent run."""
+    created once before any trial. A study of that name with another specification is
+    refused before the parent run exists, so a refusal leaves no run behind."""
+    studies.check_resumable(
+        storage, name, studies.study_spec(config, kind, "", fixed, timeout_seconds)
+    )
     uri, experiment = tracking(repo)
     client = mlflow_runs.client_for(uri)
     tags = {"kind": kind, "study": name, "prefect.flow_run_id": str(flow_run.get_id())}
@@ -77,7 +98,7 @@ def start_study(
     spec = studies.study_spec(config, kind, parent, fixed, timeout_seconds)
     try:
         return studies.create_study(storage, name, spec, *sampler)
-    except Exception:
+    except Exception:  # the storage went away in between: the run says so
         client.set_terminated(parent, "FAILED")
         raise
 
@@ -89,7 +110,9 @@ def _run_in_process(count: int, study_name: str, storage: str, root: str) -> Non
 
 def _run_on_pool(count: int, deployment: str, study_name: str, storage: str, root: str) -> None:
     """Create `count` trial flow runs at once; workers start them as they free up (each
-    claims its trial then), so adding workers adds throughput. Waits for all to end."""
+    claims its trial then), so adding workers adds throughput. Waits for all to end, with a
+    line per trial as it starts and ends (the flow run's logs, which `prefect deployment run
+    --watch` streams) and a progress artifact in the Prefect UI."""
     logger = get_run_logger()
     parent = str(flow_run.get_id())
     # run_deployment is sync-compatible: called from a sync flow it returns the FlowRun itself
@@ -107,15 +130,49 @@ def _run_on_pool(count: int, deployment: str, study_name: str, storage: str, roo
         for index in range(count)
     ]
     logger.info("launched %d trial flow runs on %s", count, deployment)
-    pending = {run.id for run in runs}
+    key = f"progress-{_artifact_key(study_name)}"
+    progress = cast(UUID, create_progress_artifact(0.0, key=key))
+    names = {run.id: run.name for run in runs}
+    pending, started = set(names), set()
     with get_client(sync_client=True) as client:
         while pending:
             time.sleep(POLL_SECONDS)
-            for run_id in list(pending):
+            for run_id in sorted(pending):
                 state = client.read_flow_run(run_id).state
-                if state is not None and state.is_final():
+                if state is None:
+                    continue
+                if state.is_running() and run_id not in started:
+                    started.add(run_id)
+                    logger.info("%s: started", names[run_id])
+                if state.is_final():
                     pending.discard(run_id)
-                    logger.info("trial flow run %s: %s", run_id, state.name)
+                    logger.info("%s: %s", names[run_id], trial_line(storage, study_name, run_id))
+                    update_progress_artifact(progress, 100.0 * (count - len(pending)) / count)
+
+
+def trial_line(storage: str, study_name: str, flow_run_id: object) -> str:
+    """How the trial that `flow_run_id` ran ended: state, objective, minutes, and the
+    reason of a failure or the step of a pruning."""
+    study, spec = studies.load_study(storage, study_name)
+    found = [
+        trial
+        for trial in study.get_trials(deepcopy=False)
+        if trial.user_attrs.get("prefect_flow_run_id") == str(flow_run_id)
+    ]
+    if not found:
+        return "ended before it claimed a trial"
+    trial = found[0]
+    attrs = trial.user_attrs
+    line = f"trial {trial.number} {trial.state.name}"
+    if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None:
+        line += f", {spec.objective} {trial.value:.4g}"
+    if "trial_seconds" in attrs:
+        line += f", {attrs['trial_seconds'] / 60:.1f} min"
+    if attrs.get("pruned_at_step") is not None and trial.state.name == "PRUNED":
+        line += f", pruned at step {attrs['pruned_at_step']}"
+    if attrs.get("fail_reason"):
+        line += f": {attrs['fail_reason']}"
+    return line
 
 
 def run_trials(
@@ -175,6 +232,11 @@ def finish(repo: Path, storage: str, study_name: str, configurations: list[str])
         "states": {state: states.count(state) for state in sorted(set(states))},
         "best_value": _best_value(study) if spec.kind == "sweep" else None,
     }
+
+
+def best_line(result: dict[str, Any]) -> str:
+    best = result.get("best_value")
+    return "" if best is None else f"; best objective {best:.4g}"
 
 
 def _best_value(study: optuna.Study) -> float | None:

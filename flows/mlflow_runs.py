@@ -119,11 +119,25 @@ def stage_timings(
     seconds (the trainers' own wall clock, pretrain + finetune)."""
     stage_seconds = training_seconds = 0.0
     for run in child_runs(client, experiment, trial_run_id):
+        seconds = 0.0
         if run.info.end_time and run.info.start_time:
-            stage_seconds += (run.info.end_time - run.info.start_time) / 1000
+            seconds = (run.info.end_time - run.info.start_time) / 1000
+        stage_seconds += seconds
         if run.data.tags.get("stage") in ("pretrain", "finetune"):
-            training_seconds += run.data.metrics.get("wall_seconds", 0.0)
+            # A trainer stopped early (pruned, killed) never logged its own wall clock: its
+            # run's duration is the closest measure of the steps it did train.
+            training_seconds += run.data.metrics.get("wall_seconds", seconds)
     return {"stage_seconds": stage_seconds, "training_seconds": training_seconds}
+
+
+def mark_stopped_stage_runs(
+    client: mlflow.MlflowClient, experiment: str, trial_run_id: str
+) -> None:
+    """A pruned trial's training stage ended by raising, so its run says FAILED; the pruner
+    stopped it, like the trial (KILLED): one state for both records."""
+    for run in child_runs(client, experiment, trial_run_id):
+        if run.info.status == "FAILED":
+            client.set_terminated(run.info.run_id, "KILLED")
 
 
 # --------------------------------------------------------------------------- the report

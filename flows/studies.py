@@ -100,16 +100,48 @@ def create_study(
         sampler=make_sampler(sampler, sampler_seed),
         pruner=make_pruner(spec.pruner),
     )
-    stored = study.user_attrs.get(SPEC_ATTR)
-    if stored is not None and _comparable(StudySpec.model_validate(stored)) != _comparable(spec):
-        raise ValueError(
-            f"study {name!r} exists in {storage} with another specification; "
-            "give the new sweep another study name"
-        )
+    _refuse_another_spec(study, name, storage, spec)
     # A resumed study's new trials nest under this flow run's parent run.
     study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
     study.set_user_attr(SAMPLER_ATTR, {"name": sampler, "seed": sampler_seed})
     return study
+
+
+def study_exists(storage: str, name: str) -> bool:
+    summaries = optuna.get_all_study_summaries(open_storage(storage), include_best_trial=False)
+    return any(summary.study_name == name for summary in summaries)
+
+
+def check_resumable(storage: str, name: str, spec: StudySpec) -> None:
+    """Refuse, without creating anything, a study name the storage holds with another
+    specification (budget, search space, objective, ...)."""
+    backend = open_storage(storage)
+    try:
+        study = optuna.load_study(study_name=name, storage=backend)
+    except KeyError:  # no such study: it will be created
+        return
+    _refuse_another_spec(study, name, storage, spec)
+
+
+def _refuse_another_spec(study: optuna.Study, name: str, storage: str, spec: StudySpec) -> None:
+    stored = study.user_attrs.get(SPEC_ATTR)
+    if stored is None:
+        return
+    differs = _differences(StudySpec.model_validate(stored), spec)
+    if differs:
+        raise ValueError(
+            f"study {name!r} exists in {storage} with another specification ({differs}); "
+            "give the new sweep or table another name, or rerun it with the same settings"
+        )
+
+
+def _differences(stored: StudySpec, new: StudySpec) -> str:
+    old, now = _comparable(stored), _comparable(new)
+    return "; ".join(
+        f"{key}: {old.get(key)!r} there, {now.get(key)!r} now"
+        for key in sorted(set(old) | set(now))
+        if old.get(key) != now.get(key)
+    )
 
 
 def _comparable(spec: StudySpec) -> dict[str, Any]:

@@ -13,21 +13,22 @@ from typing import Any
 
 from prefect import flow
 
-from flows import dvc_runs, fanout
+from flows import dvc_runs, fanout, studies
+from flows.fanout import Minutes, Seed, Steps, StudyName, TrialCount
 from flows.settings import TRIAL_DEPLOYMENT, params, repository, storage
 
 
 @flow(name="ablation-sweep", log_prints=True)
 def ablation_sweep(
-    study_name: str = "sweep",
-    n_trials: int = 8,
+    study_name: StudyName = "sweep",
+    n_trials: TrialCount = 8,
     storage_url: str | None = None,
-    sampler_seed: int = 0,
-    training_seed: int | None = None,
-    pretrain_steps: int | None = None,
-    finetune_steps: int | None = None,
+    sampler_seed: Seed = 0,
+    training_seed: Seed | None = None,
+    pretrain_steps: Steps = None,
+    finetune_steps: Steps = None,
     overrides: dict[str, Any] | None = None,
-    trial_timeout_minutes: float | None = None,
+    trial_timeout_minutes: Minutes = None,
     trial_deployment: str | None = TRIAL_DEPLOYMENT,
     root: str | None = None,
 ) -> dict[str, Any]:
@@ -40,6 +41,11 @@ def ablation_sweep(
     """
     repo = repository(root)
     url = storage(repo, storage_url)
+    if n_trials == 0 and not studies.study_exists(url, study_name):
+        raise ValueError(
+            f"n_trials=0 closes and reports an existing study, and {url} has no study "
+            f"{study_name!r}: give n_trials >= 1 to start it"
+        )
     fanout.require_reproduced(repo)
     fixed = fanout.budget_overrides(pretrain_steps, finetune_steps, training_seed, overrides)
     dvc_runs.check_overrides(repo, fixed)
@@ -70,4 +76,5 @@ def ablation_sweep(
     finally:
         result = fanout.finish(repo, url, study_name, [])
     print(f"sweep {study_name}: {result['states']}, report {result['report']}")
+    print(f"MLflow parent run {result['mlflow_parent_run_id']}" + fanout.best_line(result))
     return result

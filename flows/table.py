@@ -16,19 +16,20 @@ from typing import Any
 from prefect import flow
 
 from flows import dvc_runs, fanout, studies
+from flows.fanout import Minutes, Seeds, Steps, StudyName
 from flows.settings import TRIAL_DEPLOYMENT, params, repository, storage
 
 
 @flow(name="ablation-table", log_prints=True)
 def ablation_table(
-    table_name: str = "table1",
-    seeds: list[int] | None = None,
+    table_name: StudyName = "table1",
+    seeds: Seeds = None,
     configurations: list[str] | None = None,
     storage_url: str | None = None,
-    pretrain_steps: int | None = None,
-    finetune_steps: int | None = None,
+    pretrain_steps: Steps = None,
+    finetune_steps: Steps = None,
     overrides: dict[str, Any] | None = None,
-    trial_timeout_minutes: float | None = None,
+    trial_timeout_minutes: Minutes = None,
     trial_deployment: str | None = TRIAL_DEPLOYMENT,
     root: str | None = None,
 ) -> dict[str, Any]:
@@ -62,4 +63,5 @@ def ablation_table(
     finally:
         result = fanout.finish(repo, url, table_name, chosen)
     print(f"table {table_name}: {result['states']}, report {result['report']}")
+    print(f"MLflow parent run {result['mlflow_parent_run_id']}" + fanout.best_line(result))
     return result

@@ -164,10 +164,16 @@ def close(trial: TrialRun, outcome: ExperimentOutcome, seconds: float):
         outcome.succeeded, outcome.reason, metrics, trial.spec, pruned
     )
     client = mlflow_runs.client_for(trial.tracking_uri)
+    if pruned is not None:
+        mlflow_runs.mark_stopped_stage_runs(client, trial.experiment, trial.mlflow_run_id)
     timings = mlflow_runs.stage_timings(client, trial.experiment, trial.mlflow_run_id)
     timings["trial_seconds"] = seconds
     timings["overhead_seconds"] = seconds - timings["stage_seconds"]
     studies.record_attributes(trial.study, number, timings)
+    if not outcome.succeeded:
+        # `dvc exp run --temp` keeps only an experiment that finished: no name to look up.
+        studies.record_attributes(trial.study, number, {"dvc_experiment": None})
+        client.delete_tag(trial.mlflow_run_id, "dvc.experiment")
     studies.close_trial(trial.study, number, state, value, metrics, reason)
     tags = {"fail_reason": reason} if reason else {}
     if pruned is not None:

@@ -89,7 +89,9 @@ def running(root: Path, env: dict[str, str], serve_arguments: Sequence[str]) -> 
     home = root / ".prefect-test-home"
     home.mkdir(exist_ok=True)
     api_url = f"http://127.0.0.1:{port}/api"
-    stack_env = {**env, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(home)}
+    # COLUMNS: the CLI's rich console wraps at 80 columns without a terminal; the tests
+    # read whole log lines from `--watch`, as a user's wide terminal shows them.
+    stack_env = {**env, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(home), "COLUMNS": "1000"}
     stack = Stack(root, stack_env, api_url)
     server_log, serve_log = home / "server.log", home / "serve.log"
     with server_log.open("w") as log:

@@ -81,8 +81,9 @@ def test_reports_render_both_tables(table_study) -> None:
     assert "Welch's two-sided t-test" in markdown
     assert "| clap_repa_normal |" in markdown and "stage pretrain killed" in markdown
     shown = ablation_tables.table_one_display(table, spec)
-    assert shown.loc[1, "clap_score ↑"] == "0.3050 ± 0.0050"
-    assert shown.loc[1, "Δ clap_score"].startswith("+0.0300*")
+    assert shown.loc[1, "clap_score ↑"] == "0.3050 ± 0.005000"  # 4 significant digits
+    assert shown.loc[1, "Δ clap_score"] == "+0.03000*"
+    assert float(shown.loc[1, "p clap_score"]) < 0.05 and shown.loc[0, "p clap_score"] == ""
     html = ablation_tables.html_report("T", {"study": "t"}, {"table_one": shown})
     assert "<table" in html and "clap_repa_normal" in html
     # the parent run's metrics: counts per state and each configuration's mean
@@ -108,4 +109,19 @@ def test_sweep_table_has_the_searched_params(tmp_path, shipped_params) -> None:
     assert study.trials[0].value == -1.2 and math.isnan(trials.loc[0, spec.objective])
     assert trials.loc[0, "pruned_val_loss"] == 1.2
     assert ablation_tables.trials_display(trials).loc[0, "pruned_at_step"] == 4
+    # the compact view: short names, 4 significant digits (scientific where small), a note
+    # instead of a signed value, empty cells where nothing exists
+    trials.loc[0, "model.repa.muq.weight"] = 2.3e-05
+    compact = ablation_tables.compact_trials(trials, spec)
+    assert list(compact.columns[:5]) == [
+        "trial",
+        "beta_lambda",
+        "clap.weight",
+        "muq.weight",
+        "mask_ratio",
+    ]
+    row = compact.iloc[0]
+    assert row["muq.weight"] == "2.300e-05" and row[spec.objective] == ""
+    assert row["note"] == "pruned at step 4 (val loss 1.200)" and row["experiment"] == ""
+    assert "–" not in compact.to_numpy().tolist()[0]
     assert isinstance(study, optuna.Study)

@@ -72,6 +72,15 @@ def test_sweep_deployment_runs_three_trials_end_to_end(stack):
     wall = time.perf_counter() - started
     assert result.returncode == 0, result.stdout + result.stderr
     print(f"3-trial sweep: {wall:.0f} s wall")
+    # --watch streams the sweep's log: a line per trial as it starts and ends, the summary
+    ended = re.findall(r"e2e-trial-\d: trial \d (?:COMPLETE|PRUNED|FAIL)", result.stdout)
+    assert len(ended) == 3 and result.stdout.count(": started") == 3, result.stdout
+    assert (
+        "sweep e2e: {'COMPLETE': 3}" in result.stdout
+        and "reports/ablations/e2e.md" in result.stdout
+    )
+    (progress, *_) = _artifacts(stack, "progress-e2e")
+    assert progress["type"] == "progress" and progress["data"] == 100.0
 
     trials = study(stack.root, "e2e").trials
     assert len(trials) == 3
@@ -94,7 +103,7 @@ def test_sweep_deployment_runs_three_trials_end_to_end(stack):
     children = runs_of(stack.root, parent.info.run_id)
     assert sorted(child.info.run_name for child in children) == ["e2e-t0", "e2e-t1", "e2e-t2"]
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "ablations")}
-    assert {"ablations/trials.json", "ablations/e2e.md", "ablations/e2e.html"} <= artifacts
+    assert {"ablations/compact.json", "ablations/trials.json", "ablations/e2e.md"} <= artifacts
     assert "ablations/optimization_history.png" in artifacts
     table = json.loads(
         Path(client.download_artifacts(parent.info.run_id, "ablations/trials.json")).read_text()
@@ -102,6 +111,13 @@ def test_sweep_deployment_runs_three_trials_end_to_end(stack):
     assert len(table["data"]) == 3
     # dotted param names would show empty in the UI's table view: logged with "/" instead
     assert "train/timestep/beta_lambda" in table["columns"]
+    compact = json.loads(
+        Path(client.download_artifacts(parent.info.run_id, "ablations/compact.json")).read_text()
+    )
+    assert (
+        compact["columns"][:2] == ["trial", "beta_lambda"] and "clap.weight" in compact["columns"]
+    )
+    assert None not in [cell for row in compact["data"] + table["data"] for cell in row]
     assert parent.data.metrics["trials_complete"] == 3 and "best_clap_score" in parent.data.metrics
     # each trial's stage runs nest under its child run
     stages = runs_of(stack.root, children[0].info.run_id)
@@ -219,7 +235,8 @@ def test_table_deployment_runs_base_and_one_switch_over_two_seeds(stack):
     trials = study(stack.root, "t1").trials
     cells = sorted((t.user_attrs["configuration"], t.user_attrs["seed"]) for t in trials)
     assert cells == [("base", 0), ("base", 1), ("beta_0.2", 0), ("beta_0.2", 1)]
-    assert all(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials)
+    outcomes = {t.number: (t.state.name, t.user_attrs.get("fail_reason")) for t in trials}
+    assert all(state == "COMPLETE" for state, _ in outcomes.values()), outcomes
     client = mlflow.MlflowClient(f"sqlite:///{stack.root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
     (parent,) = client.search_runs(

@@ -4,6 +4,7 @@ tags, and the flows find it again (stage runs of a trial, the run a pipeline tas
 from __future__ import annotations
 
 import json
+import time
 
 import mlflow
 import pytest
@@ -57,3 +58,27 @@ def test_bad_tags_in_the_environment_fail_clearly(tmp_path, monkeypatch, tiny_pa
     params = tiny_params.model_copy(update={"tracking": tracking})
     with pytest.raises(ValueError, match="TTM_MLFLOW_TAGS"), stage_run(params, "corpus"):
         pass
+
+
+def test_a_pruned_trainer_counts_its_time_and_ends_killed_like_its_trial(
+    tmp_path, monkeypatch, tiny_params
+) -> None:
+    """The pruner stops pretrain by raising: its stage run ended FAILED without logging its
+    own wall clock. The trial's record counts the run's duration and says KILLED."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = mlflow_runs.client_for(uri)
+    trial = mlflow_runs.start_run(client, "exp", "s-t0", {}, {})
+    monkeypatch.setenv(PARENT_RUN_ENV, trial)
+    tracking = TrackingParams(mlflow_tracking_uri="ignored", experiment="exp")
+    params = tiny_params.model_copy(update={"tracking": tracking})
+    with pytest.raises(RuntimeError, match="pruned"), stage_run(params, "pretrain"):
+        time.sleep(0.05)  # some training
+        raise RuntimeError("pruned at step 100")
+    (stage,) = mlflow_runs.child_runs(client, "exp", trial)
+    assert stage.info.status == "FAILED" and "wall_seconds" not in stage.data.metrics
+    timings = mlflow_runs.stage_timings(client, "exp", trial)
+    duration = (stage.info.end_time - stage.info.start_time) / 1000
+    assert timings["training_seconds"] == timings["stage_seconds"] == duration >= 0.05
+    mlflow_runs.mark_stopped_stage_runs(client, "exp", trial)
+    assert client.get_run(stage.info.run_id).info.status == "KILLED"
