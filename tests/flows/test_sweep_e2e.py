@@ -115,7 +115,7 @@ def test_sweep_deployment_runs_three_trials_end_to_end(stack):
         Path(client.download_artifacts(parent.info.run_id, "ablations/compact.json")).read_text()
     )
     assert (
-        compact["columns"][:2] == ["trial", "beta_lambda"] and "clap.weight" in compact["columns"]
+        compact["columns"][:2] == ["trial", "beta_lambda"] and "clap/weight" in compact["columns"]
     )
     assert None not in [cell for row in compact["data"] + table["data"] for cell in row]
     assert parent.data.metrics["trials_complete"] == 3 and "best_clap_score" in parent.data.metrics
