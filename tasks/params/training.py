@@ -111,9 +111,13 @@ class TrainParams(Section):
 
     `seed` null trains with the top-level seed; a value reseeds training alone (weights,
     data order, timesteps, noise, masks) over the same data: the ablation table's seeds.
+    `init_from` null starts pretraining from a fresh initialisation; a folder holding a stage
+    output (`model.safetensors` + `model.json`, e.g. the baseline's public FluxAudio weights
+    converted by `python -m tasks.train.import_checkpoint`) starts it from those weights.
     """
 
     seed: Annotated[int, Field(ge=0)] | None
+    init_from: str | None
     optim: OptimParams
     timestep: TimestepParams
     cfg_dropout: Fraction
@@ -129,8 +133,13 @@ class TrainParams(Section):
 
 
 class FinetuneParams(Section):
-    """Paper 000 §II-B stage 2 on rewritten concise captions (10,000 steps: §IV-A, Table II)."""
+    """Paper 000 §II-B stage 2 on rewritten concise captions (10,000 steps: §IV-A, Table II).
 
+    `init_from` null fine-tunes the `pretrain` stage's model; a stage-output folder (an
+    imported baseline checkpoint) fine-tunes that model instead.
+    """
+
+    init_from: str | None
     optim: OptimParams
 
 

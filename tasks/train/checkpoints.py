@@ -121,6 +121,56 @@ def final_config(root: Path) -> FluxAudioConfig:
 BACKBONE_PREFIX = "backbone."  # FlowMatchingModel's attribute: the REPA heads are training-only
 
 
+# What decides the shape of the weights, and where a run's value of it comes from.
+WEIGHT_SHAPING = {
+    "latent_dim": "model.latent_dim (the codec's channels, backends.codec)",
+    "hidden_dim": "model.hidden_dim",
+    "num_heads": "model.num_heads",
+    "depth": "model.depth",
+    "fused_depth": "model.fused_depth",
+    "mlp_ratio": "model.mlp_ratio",
+    "text_dim": "the text encoder's token width (backends.text_encoder)",
+    "condition_dim": "the CLAP text embedding's width (backends.clap)",
+}
+# Paper 003's additions (quality token, MDT side interpolator) may be absent from a source
+# trained without them (the baseline's weights): they keep their initialisation.
+ADDED_BY_SWITCHES = ("quality_embedding.", "mask_token", "side_interpolator.")
+
+
+def load_initial_backbone(backbone: FluxAudio, root: Path, key: str) -> Path:
+    """Start `backbone` from the stage output in `root` (`key` names the param that chose it).
+
+    The source must have the same weight shapes (`WEIGHT_SHAPING`); the RoPE length may
+    differ (tables are recomputed), and the paper-003 modules may be missing from it. Its
+    latent statistics come with it: the weights were trained on latents normalised by them.
+    """
+    try:
+        source = final_config(root)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{key}: {error}") from None
+    differences = [
+        f"{field} {getattr(source, field)} there, {getattr(backbone.config, field)} here ({where})"
+        for field, where in WEIGHT_SHAPING.items()
+        if getattr(source, field) != getattr(backbone.config, field)
+    ]
+    if differences:
+        raise ValueError(f"{key}: {root} holds another FluxAudio: " + "; ".join(differences))
+    path = root / MODEL_FILE
+    state = {
+        name.removeprefix(BACKBONE_PREFIX): value
+        for name, value in load_file(path).items()
+        if name.startswith(BACKBONE_PREFIX)
+    }
+    result = backbone.load_state_dict(state, strict=False)
+    missing = [name for name in result.missing_keys if not name.startswith(ADDED_BY_SWITCHES)]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"{key}: {path} does not fit this model: missing {missing}, "
+            f"unexpected {result.unexpected_keys}"
+        )
+    return path
+
+
 def load_backbone(root: Path) -> FluxAudio:
     """The trained backbone of a stage output (weights + latent stats), for sampling.
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from models.fluxaudio import trainable_parameters
+from models.fluxaudio import FluxAudioConfig, trainable_parameters
 from models.objective import FlowMatchingModel
 from tasks.backends.clap import load_clap
 from tasks.backends.codec import load_codec
@@ -79,8 +79,15 @@ def fingerprint(params: Params, stage: str, inputs: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
-def initial_weights(model: FlowMatchingModel, stage: str, config) -> list[Path]:
-    """Fine-tuning starts from the pretrained model, which must have the same shape."""
+def initial_weights(
+    model: FlowMatchingModel, stage: str, config: FluxAudioConfig, params: Params
+) -> list[Path]:
+    """Where training starts: `train.init_from` for pretraining (null: fresh weights);
+    `finetune.init_from` for fine-tuning (null: the pretrained model, same shape required)."""
+    key = "train.init_from" if stage == "pretrain" else "finetune.init_from"
+    init_from = params.train.init_from if stage == "pretrain" else params.finetune.init_from
+    if init_from is not None:
+        return [checkpoints.load_initial_backbone(model.backbone, Path(init_from), key)]
     if stage == "pretrain":
         return []
     source = CHECKPOINTS / "pretrain"
@@ -161,7 +168,7 @@ def run(params: Params, stage: Stage, callbacks: Sequence[ValidationCallback] = 
     config = backbone_config(params.model, params.quality, shapes)
     model = build_model(config, params.model, shapes)
     with_latent_stats(model, *train_set.stats)
-    inputs = initial_weights(model, stage, config)
+    inputs = initial_weights(model, stage, config, params)
     spec = run_spec(params, stage, fingerprint(params, stage, inputs))
     spec.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     (REPORTS / stage / "samples").mkdir(parents=True, exist_ok=True)  # a DVC output
