@@ -78,8 +78,11 @@ worker: setup
 		--pool ttm-trials --limit 1 $(if $(GPU),--name gpu-$(GPU))
 
 ## mlflow-ui: browse runs and ablation tables on http://127.0.0.1:5000
+# --app-name: MLflow's server as is, its page opening a first visit in model-training mode
+# without the Assistant panel (flows/mlflow_app.py; the entry point is in pyproject.toml)
 mlflow-ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000 \
+		--app-name score-aware-ttm
 
 ## optuna-ui: Optuna's dashboard for the studies in optuna.db on http://127.0.0.1:8080
 ## (installs the optional `dashboard` extra the first time)

@@ -14,7 +14,7 @@ import mlflow
 import optuna
 import pandas as pd
 
-from flows import ablation_tables, mlflow_runs
+from flows import ablation_tables, mlflow_runs, mlflow_views
 from flows.studies import StudySpec
 from tasks.common.atomic import atomic_path
 
@@ -132,5 +132,8 @@ def publish(
             figure.savefig(tmp, format="png", dpi=110)
     metrics = summary_metrics(study, spec, trials, table)
     mlflow_runs.log_report(client, spec.mlflow_parent_run_id, tables, files, figures, metrics)
+    # the runs list's "Sweeps and tables" view: these figures as columns, beside the trials'
+    columns = [*metrics, spec.objective, *spec.metrics]
+    mlflow_views.save_view(client, spec.mlflow_parent_run_id, columns, spec.objective)
     write_index(repo / REPORTS)
     return files["md"], markdown

@@ -26,7 +26,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
-from flows import ablation_report, dvc_runs, mlflow_runs, studies
+from flows import ablation_report, dvc_runs, mlflow_runs, mlflow_views, studies
 from flows.settings import tracking
 from flows.trial import ablation_trial
 from tasks.params import Params
@@ -97,10 +97,14 @@ def start_study(
     parent = mlflow_runs.start_run(client, experiment, f"{kind}-{name}", tags, logged)
     spec = studies.study_spec(config, kind, parent, fixed, timeout_seconds)
     try:
-        return studies.create_study(storage, name, spec, *sampler)
+        study = studies.create_study(storage, name, spec, *sampler)
     except Exception:  # the storage went away in between: the run says so
         client.set_terminated(parent, "FAILED")
         raise
+    # the runs list's "Sweeps and tables" view has the study's columns while its trials run
+    best = [f"best_{spec.objective}"] if kind == "sweep" else []
+    mlflow_views.save_view(client, parent, [*best, spec.objective, *spec.metrics], spec.objective)
+    return study
 
 
 def _run_in_process(count: int, study_name: str, storage: str, root: str) -> None:
