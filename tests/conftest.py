@@ -189,3 +189,18 @@ def trained_workspace(latent_workspace, tmp_path_factory) -> tuple[Path, dict]:
         training_stage.run(params, "pretrain")
         training_stage.run(params, "finetune")
     return root, raw
+
+
+@pytest.fixture
+def chromium() -> str:
+    """The system Chromium for the browser checks: skipped where there is none, except in
+    CI, which must run them (`make test` installs it)."""
+    from tasks.evaluate.listening_page import find_chromium
+
+    found = find_chromium()
+    if found is None:
+        message = "no Chromium found (apt-get install chromium, or set $CHROMIUM)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}: CI must run the browser check")
+        pytest.skip(message)
+    return found

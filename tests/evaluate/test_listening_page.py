@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import struct
 from html.parser import HTMLParser
 from pathlib import Path
@@ -116,17 +115,6 @@ def test_write_page_is_atomic_and_overwrites(tmp_path: Path) -> None:
     assert first == second == folder / "index.html"
     assert second.read_text() == "<p>two</p>"
     assert [path.name for path in folder.iterdir()] == ["index.html"]
-
-
-@pytest.fixture
-def chromium() -> str:
-    found = find_chromium()
-    if found is None:
-        message = "no Chromium found (apt-get install chromium, or set $CHROMIUM)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}: CI must run the browser check")
-        pytest.skip(message)
-    return found
 
 
 def _sine(path: Path, seconds: float) -> None:

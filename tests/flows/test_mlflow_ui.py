@@ -5,7 +5,6 @@ the parent's key metrics as columns), its trials, its overview and its ablation 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from optuna.trial import TrialState
 
 from flows import ablation_report, ablation_tables, mlflow_runs, mlflow_views, studies
 from flows.mlflow_app import BROWSER_DEFAULTS, page_with_defaults
-from tasks.evaluate.listening_page import find_chromium
 from tasks.params import Params
 from tasks.train import pruning
 
@@ -24,17 +22,6 @@ OUTCOMES = {  # trial number -> objective (None: pruned at step 4)
     1: 0.1532,
     2: None,
 }
-
-
-@pytest.fixture
-def chromium() -> str:
-    found = find_chromium()
-    if found is None:
-        message = "no Chromium found (apt-get install chromium, or set $CHROMIUM)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}: CI must run the browser check")
-        pytest.skip(message)
-    return found
 
 
 def make_sweep(repo: Path, params: Params) -> tuple[str, list[str]]:
