@@ -95,7 +95,6 @@ def open_trial(repo: Path, storage: str, study_name: str) -> TrialRun:
         "kind": f"{spec.kind}-trial",
         "study": study_name,
         "optuna.trial": str(claimed.number),
-        "dvc.experiment": name,
         "prefect.flow_run_id": str(flow_run.get_id()),
     }
     run_id = mlflow_runs.start_run(
@@ -106,9 +105,7 @@ def open_trial(repo: Path, storage: str, study_name: str) -> TrialRun:
         params=claimed.overrides,
         parent_run_id=spec.mlflow_parent_run_id,
     )
-    studies.record_attributes(
-        study, claimed.number, {"dvc_experiment": name, "mlflow_run_id": run_id}
-    )
+    studies.record_attributes(study, claimed.number, {"mlflow_run_id": run_id})
     return TrialRun(
         repo=repo,
         storage=storage,
@@ -169,13 +166,14 @@ def close(trial: TrialRun, outcome: ExperimentOutcome, seconds: float):
     timings = mlflow_runs.stage_timings(client, trial.experiment, trial.mlflow_run_id)
     timings["trial_seconds"] = seconds
     timings["overhead_seconds"] = seconds - timings["stage_seconds"]
-    studies.record_attributes(trial.study, number, timings)
-    if not outcome.succeeded:
-        # `dvc exp run --temp` keeps only an experiment that finished: no name to look up.
-        studies.record_attributes(trial.study, number, {"dvc_experiment": None})
-        client.delete_tag(trial.mlflow_run_id, "dvc.experiment")
+    # `dvc exp run --temp` keeps only an experiment that finished: a name to look up only then
+    # (a trial whose flow run died never gets here, so it has none either).
+    kept = {"dvc_experiment": trial.name} if outcome.succeeded else {}
+    studies.record_attributes(trial.study, number, {**timings, **kept})
     studies.close_trial(trial.study, number, state, value, metrics, reason)
     tags = {"fail_reason": reason} if reason else {}
+    if outcome.succeeded:
+        tags["dvc.experiment"] = trial.name
     if pruned is not None:
         tags["pruned_at_step"] = str(pruned)
     mlflow_runs.finish_trial_run(

@@ -91,14 +91,6 @@ def qkv_rows_from_reference(tensor: Tensor, num_heads: int) -> Tensor:
     return split.movedim(2, 0).reshape(rows, *tensor.shape[1:]).contiguous()
 
 
-def qkv_rows_to_reference(tensor: Tensor, num_heads: int) -> Tensor:
-    """The inverse of `qkv_rows_from_reference` (tests build reference-layout weights with it)."""
-    rows = tensor.shape[0]
-    head_dim = rows // (3 * num_heads)
-    split = tensor.reshape(3, num_heads, head_dim, *tensor.shape[1:])
-    return split.movedim(0, 2).reshape(rows, *tensor.shape[1:]).contiguous()
-
-
 def reference_state(raw: Mapping[str, object]) -> dict[str, Tensor]:
     """The network weights out of what the reference saves: a bare state dict (`*_last.pth`,
     `*_ema_final.pth`) or a training checkpoint's `weights`; EMA prefixes stripped."""

@@ -25,9 +25,10 @@ from tasks.train.import_checkpoint import (
 from tasks.train.model_factory import backbone_config, cache_shapes
 from tests.models.test_fluxaudio import inputs, randomised
 
-# The baseline's layout at the test's size: mlp_ratio 4 (every baseline variant), no paper-003
-# modules, 2 joint + 2 fused blocks, heads of 8 channels.
-SMALL = FluxAudioConfig(
+# FluxAudio-S at the test's size (its mlp_ratio 4, no paper-003 modules): 2 joint + 2 fused
+# blocks, heads of 8 channels.
+SMALL = replace(
+    PRESETS["fluxaudio_s"],
     latent_dim=6,
     hidden_dim=32,
     num_heads=4,
@@ -37,10 +38,6 @@ SMALL = FluxAudioConfig(
     text_seq_len=7,
     text_dim=12,
     condition_dim=10,
-    mlp_ratio=4.0,
-    quality_levels=0,
-    decode_layers=0,
-    side_interpolator=False,
 )
 
 
