@@ -23,6 +23,7 @@ from tasks.params import BackendChoice
 
 MAX_LENGTH = 77  # docs/reference.md §A.4: T5 tokenised to 77 positions, padded
 SENTENCE_MAX_LENGTH = 256  # all-MiniLM-L6-v2's max_seq_length (sentence_bert_config.json)
+SENTENCE_BATCH = 64  # captions per forward pass, sorted by length (sentence-transformers: 32)
 
 TEXT_ENCODERS: Registry[TextEncoderBackend] = Registry("text_encoder")
 
@@ -56,11 +57,22 @@ class HfTextEncoder:
         return sequence.numpy(), mask.numpy()
 
     def sentence_embedding(self, captions: Sequence[str]) -> np.ndarray:
-        """[N, dim]: masked mean over tokens, L2-normalised (sentence-transformers pooling)."""
-        sequence, mask = self._run(captions, True, SENTENCE_MAX_LENGTH)
-        weights = mask.unsqueeze(-1).float()
-        pooled = (sequence * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return F.normalize(pooled, dim=-1).numpy()
+        """[N, dim]: masked mean over tokens, L2-normalised (sentence-transformers pooling).
+
+        Run in batches of similar length, as sentence-transformers' `encode` does: one batch
+        padded to the longest of thousands of captions spends most of its time on padding.
+        """
+        if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
+            raise TypeError("captions must be a sequence of strings")
+        order = np.argsort([-len(caption) for caption in captions], kind="stable")
+        pooled = np.empty((len(captions), self.dim), dtype=np.float32)
+        for start in range(0, len(order), SENTENCE_BATCH):
+            rows = order[start : start + SENTENCE_BATCH]
+            sequence, mask = self._run([captions[i] for i in rows], True, SENTENCE_MAX_LENGTH)
+            weights = mask.unsqueeze(-1).float()
+            mean = (sequence * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+            pooled[rows] = F.normalize(mean, dim=-1).numpy()
+        return pooled
 
 
 def minilm_directory(path: str | None, key: str) -> Path:

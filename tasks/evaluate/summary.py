@@ -167,7 +167,7 @@ class Summariser:
                 lambda rows: (
                     fad_infinity_fit(
                         scored.scores.clap_audio[rows],
-                        (self.distances["fad_clap"].mean, self.distances["fad_clap"].cov),
+                        self.distances["fad_clap"],
                         seed=self.settings.seed,
                     ).intercept
                 ),

@@ -119,3 +119,24 @@ def test_t5_missing_path_names_the_key(tmp_path: Path) -> None:
             load_text_encoder(BackendChoice(name="t5", path=path))
     with pytest.raises(ValueError, match=r"backends\.text_encoder\.name.*minilm, t5"):
         load_text_encoder(BackendChoice(name="clip", path=None))
+
+
+def test_minilm_sentence_embedding_batches_by_length_in_input_order(
+    minilm: HfTextEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Length-sorted batches give each caption the embedding a batch of one gives it."""
+    from tasks.backends import text_encoder
+
+    captions = [
+        "piano",
+        "a long, slow jazz ballad with brushed drums, upright bass and a warm tenor saxophone",
+        "fast techno",
+        "strings",
+        "an orchestral piece with strings, brass and timpani building to a loud finale",
+    ]
+    alone = np.concatenate([minilm.sentence_embedding([caption]) for caption in captions])
+    monkeypatch.setattr(text_encoder, "SENTENCE_BATCH", 2)
+    batched = minilm.sentence_embedding(captions)
+    assert batched.shape == (5, minilm.dim)
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    assert float(batched[1] @ batched[4]) < 0.99  # rows were not mixed up

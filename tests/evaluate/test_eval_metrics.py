@@ -420,3 +420,26 @@ def test_frechet_to_reference_matches_fad_and_is_reused() -> None:
     assert distance(reference) == pytest.approx(0.0, abs=1e-8 * scale)
     with pytest.raises(ValueError, match="dimension"):
         distance(rng.normal(size=(10, 5)))
+
+
+def test_frechet_to_reference_with_fewer_rows_than_dimensions_uses_the_gram_matrix() -> None:
+    """N < D (48 clips of 128-d CLAP embeddings): the N x N Gram route equals the D x D one."""
+    from tasks.evaluate.metrics.frechet import FrechetToReference
+
+    rng = np.random.default_rng(5)
+    reference = rng.normal(size=(200, 32)) @ rng.normal(size=(32, 32))
+    distance = FrechetToReference(reference)
+    for rows in (3, 12, 31):
+        generated = rng.normal(size=(rows, 32)) @ rng.normal(size=(32, 32)) + 0.3
+        mean, cov = np.mean(generated, axis=0), np.cov(generated, rowvar=False)
+        product = np.linalg.eigvalsh(distance.root @ cov @ distance.root)
+        diff = mean - distance.mean
+        full_rank = (
+            diff @ diff
+            + np.trace(cov)
+            + distance.trace
+            - 2.0 * np.sum(np.sqrt(np.clip(product, 0.0, None)))
+        )
+        # The D x D route sqrt()s the round-off of its D - N + 1 zero eigenvalues (1e-12 ->
+        # 1e-6 each); the Gram route has none, so the two agree to ~1e-8, not to 1e-15.
+        assert distance(generated) == pytest.approx(full_rank, rel=1e-7)

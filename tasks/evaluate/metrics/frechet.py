@@ -109,7 +109,11 @@ class FrechetToReference:
     Tr((S_g S_r)^(1/2)) = sum_i sqrt(lambda_i(A S_g A)) with A = S_r^(1/2): S_g S_r and
     A S_g A are similar, and the latter is symmetric PSD, so one symmetric eigensolve replaces
     the Schur sqrtm of `frechet_distance` (same value to round-off, about 10x faster at
-    D = 128), and A is computed once. Eigenvalues below 0 (round-off) count as 0.
+    D = 128), and A is computed once. With fewer generated rows N than dimensions D (the
+    embedded evaluation: 48 clips of 128-d CLAP embeddings, and every bootstrap or FAD-inf
+    subset of them), S_g = X'X / (N - 1) for the centred rows X, and the non-zero eigenvalues
+    of A X'X A are those of the N x N Gram matrix X A A X' = X S_r X': an N x N eigensolve
+    instead of a D x D one. Eigenvalues below 0 (round-off) count as 0.
     """
 
     def __init__(self, reference: object) -> None:
@@ -119,13 +123,24 @@ class FrechetToReference:
         self.trace = float(np.trace(self.cov))
 
     def __call__(self, generated: object) -> float:
-        mean, cov = gaussian_stats(generated)
-        if mean.shape != self.mean.shape:
-            raise ValueError(f"dimension {mean.size} differs from the reference's {self.mean.size}")
-        product = np.linalg.eigvalsh(self.root @ cov @ self.root)
+        matrix = as_matrix(generated, "generated", min_rows=2)
+        if matrix.shape[1] != self.mean.size:
+            raise ValueError(
+                f"dimension {matrix.shape[1]} differs from the reference's {self.mean.size}"
+            )
+        mean = matrix.mean(axis=0)
+        centred = matrix - mean
+        scale = 1.0 / (matrix.shape[0] - 1)
+        if matrix.shape[0] < matrix.shape[1]:
+            product = np.linalg.eigvalsh(centred @ self.cov @ centred.T * scale)
+            trace = float(np.sum(centred * centred) * scale)
+        else:
+            cov = centred.T @ centred * scale
+            product = np.linalg.eigvalsh(self.root @ cov @ self.root)
+            trace = float(np.trace(cov))
         diff = mean - self.mean
         tr_covmean = float(np.sum(np.sqrt(np.clip(product, 0.0, None))))
-        return float(diff @ diff + np.trace(cov) + self.trace - 2.0 * tr_covmean)
+        return float(diff @ diff + trace + self.trace - 2.0 * tr_covmean)
 
 
 class GaussianStatsAccumulator:
@@ -226,10 +241,13 @@ def fad_infinity_fit(
     the subsets scatter around the full-sample statistics and the intercept recovers the
     biased FAD_N instead of removing the bias (tests/evaluate/test_eval_metrics.py shows it).
     Only the generated side is extrapolated; the reference set's own finite-M bias stays, so use
-    a large reference set and report M.
+    a large reference set and report M. `reference` may be a `FrechetToReference` already
+    built (a bootstrap fits many times against one reference).
     """
     gen = as_matrix(generated, "generated", min_rows=3)
-    distance = FrechetToReference(reference)
+    distance = (
+        reference if isinstance(reference, FrechetToReference) else FrechetToReference(reference)
+    )
     sizes = _subset_sizes(gen.shape[0], num_points, min_size)
     rng = np.random.default_rng(seed)
     values = np.empty(sizes.size)
