@@ -39,7 +39,7 @@ run: setup
 
 ## test: the full suite, slow end-to-end tests included (this is what CI runs)
 test: setup system-packages
-	$(RUN) $(BIN)/pytest
+	$(RUN) $(BIN)/pytest --durations=15
 
 test-fast: setup
 	$(RUN) $(BIN)/pytest -m "not slow"

@@ -15,6 +15,14 @@ function evaluation (one guided network call on the doubled batch).
 Configurations: `embedded` is params.yaml's `model` on the embedded cache's shapes
 (MiniLM text, the tiny CLAP); `fluxaudio_s` is the baseline's FluxAudio-S preset on paper
 000's codec (64 channels at 25 Hz, 10 s) with FLAN-T5-large text and LAION-CLAP widths.
+Every figure is printed per variant, side by side, from one run: `reference` (the plain
+Conv1d on transposed views and a per-parameter AdamW loop: the trainer before its speed-ups),
+`speed-ups` (what the trainer runs: channels-last convolutions, fused AdamW) and, with
+`--compile`, `compiled` (the speed-ups + `train.compile`, its one-off compile time printed
+apart). Variants alternate over `ROUNDS` rounds and keep their best round, so a load that
+comes and goes on a shared machine hits them alike. tests/train/test_speedups.py checks that
+the variants compute the same losses, weights and samples.
+
 `--profile` adds one torch.profiler pass over embedded training steps (CPU activity),
 printing the ops sorted by self CPU time. Runs unchanged on CUDA (`--device cuda`,
 bf16 autocast by default there).
@@ -31,12 +39,14 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from models.fluxaudio import PRESETS, FluxAudio, FluxAudioConfig, trainable_parameters
+from models.layers import use_reference_kernels
 from models.objective import FlowMatchingModel, ObjectiveConfig, TrainingBatch
 from models.repa import ProjectionHead
 from models.sampling import function_evaluations, guided, solve
@@ -48,7 +58,7 @@ from tasks.train.model_factory import CacheShapes, backbone_config, build_model,
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PEAK_SIZE = {"cpu": 2048, "cuda": 8192}  # large enough to reach the plateau of each device
 PEAK_REPEATS = 5
-SAMPLE_PROMPTS = 4
+ROUNDS = 2  # alternating timing rounds per variant; the best one counts
 # The embedded cache: MiniLM-L6 tokens, the tiny CLAP's text/audio embeddings and frames.
 EMBEDDED_SHAPES = CacheShapes(
     frames=250,
@@ -138,10 +148,10 @@ def embedded_bench(params: Params, workload: Workload) -> Bench:
     return Bench("embedded", model, EMBEDDED_SHAPES, workload)
 
 
-def fluxaudio_s_bench(params: Params, workload: Workload) -> Bench:
-    """FluxAudio-S on paper 000's codec; the REPA heads follow params' weights (λ > 0)."""
+def paper_bench(preset: str, params: Params, workload: Workload) -> Bench:
+    """A preset on paper 000's codec; the REPA heads follow params' weights (λ > 0)."""
     config: FluxAudioConfig = replace(
-        PRESETS["fluxaudio_s"],
+        PRESETS[preset],
         latent_dim=PAPER_SHAPES.latent_dim,
         latent_seq_len=PAPER_SHAPES.frames,
         text_dim=PAPER_SHAPES.text_dim,
@@ -158,7 +168,7 @@ def fluxaudio_s_bench(params: Params, workload: Workload) -> Bench:
         if repa.muq.weight > 0
         else None,
     )
-    return Bench("fluxaudio_s", model, PAPER_SHAPES, workload)
+    return Bench(preset, model, PAPER_SHAPES, workload)
 
 
 def random_batch(bench: Bench, device: torch.device, generator: torch.Generator) -> TrainingBatch:
@@ -186,17 +196,21 @@ def random_batch(bench: Bench, device: torch.device, generator: torch.Generator)
 
 
 # --------------------------------------------------------------------------- training
-def training_step(bench: Bench, run: Run) -> Callable[[], None]:
-    """One step as tasks/train/loop.py takes it: loss under autocast, backward, clip, AdamW."""
+def training_step(bench: Bench, run: Run, variant: str) -> Callable[[], None]:
+    """One step as tasks/train/loop.py takes it: loss under autocast, backward, clip, AdamW,
+    with the kernels of `variant` (module docstring)."""
     model = bench.model.to(run.device).train()
-    optimizer, scheduler = build_optimizer(model, run.params.train.optim)
+    reference = variant == "reference"
+    optimizer, scheduler = build_optimizer(model, run.params.train.optim, fused=not reference)
+    forward = torch.compile(model) if variant == "compiled" else model
     grad_clip = run.params.train.optim.grad_clip
     batch = random_batch(bench, run.device, torch.Generator().manual_seed(run.seed))
     generator = torch.Generator(device=run.device).manual_seed(run.seed)
 
     def step() -> None:
+        use_reference_kernels(model, reference)  # the variants share one model
         with autocast(run):
-            loss = model(batch, run.objective, generator).total
+            loss = forward(batch, run.objective, generator).total
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
@@ -240,85 +254,110 @@ def training_flops(bench: Bench, run: Run) -> int:
     return counter.get_total_flops()
 
 
-def timed_steps(step: Callable[[], None], workload: Workload, device: torch.device) -> float:
-    """Seconds for `workload.steps` steps, after `workload.warmup` untimed ones."""
-    for _ in range(workload.warmup):
+def best_step_seconds(steps: dict[str, Callable[[], None]], workload: Workload, device) -> dict:
+    """Seconds per step of each variant: `workload.warmup` untimed steps (the first one,
+    timed apart, holds a compile), then `ROUNDS` alternating rounds of `workload.steps`."""
+    first = {}
+    for variant, step in steps.items():
+        synchronize(device)
+        started = time.perf_counter()
         step()
-    synchronize(device)
-    started = time.perf_counter()
-    for _ in range(workload.steps):
-        step()
-    synchronize(device)
-    return time.perf_counter() - started
+        synchronize(device)
+        first[variant] = time.perf_counter() - started
+        for _ in range(workload.warmup - 1):
+            step()
+    best = dict.fromkeys(steps, float("inf"))
+    for _ in range(ROUNDS):
+        for variant, step in steps.items():
+            seconds = best_seconds(lambda s=step: [s() for _ in range(workload.steps)], 1, device)
+            best[variant] = min(best[variant], seconds / workload.steps)
+    return {"step": best, "first": first}
 
 
-def report_training(bench: Bench, run: Run, peak: float) -> None:
+def report_training(bench: Bench, run: Run, peak: float, variants: list[str]) -> None:
     b, s, w = bench.workload.batch, bench.shapes, bench.workload
     flops = training_flops(bench, run)
-    seconds = timed_steps(training_step(bench, run), w, run.device)
-    samples_per_s = w.steps * b / seconds
-    achieved = flops * w.steps / seconds
+    timings = best_step_seconds({v: training_step(bench, run, v) for v in variants}, w, run.device)
     print(
-        f"  training   batch {b}, {w.steps} timed steps after {w.warmup} warm-up: "
-        f"{seconds / w.steps * 1e3:.0f} ms/step"
+        f"  training   batch {b}, {w.steps} timed steps x {ROUNDS} rounds after {w.warmup} "
+        f"warm-up; {flops / 1e9:.1f} GFLOP/step (fwd+bwd); "
+        f"{s.frames} frames + {s.text_tokens} text tokens per sample"
     )
-    print(
-        f"             {samples_per_s:8.2f} samples/s   "
-        f"{samples_per_s * (s.frames + s.text_tokens):10.0f} tokens/s "
-        f"({s.frames} frames + {s.text_tokens} text tokens per sample)"
-    )
-    print(
-        f"             {flops / 1e9:8.1f} GFLOP/step (fwd+bwd)   achieved "
-        f"{achieved / 1e9:8.1f} GFLOP/s   MFU {achieved / peak:6.1%} of the measured peak"
-    )
+    if run.device.type == "cuda":
+        peak_bytes = torch.cuda.max_memory_allocated(run.device)
+        print(f"    peak GPU memory over the variants: {peak_bytes / 2**30:.1f} GiB")
+        torch.cuda.reset_peak_memory_stats(run.device)
+    baseline = timings["step"]["reference"]
+    for variant in variants:
+        seconds = timings["step"][variant]
+        compiled = variant == "compiled"
+        note = f"   (first step {timings['first'][variant]:.0f} s: compile)" if compiled else ""
+        print(
+            f"    {variant:<10} {seconds * 1e3:8.0f} ms/step  {b / seconds:7.2f} samples/s  "
+            f"{flops / seconds / 1e9:7.1f} GFLOP/s  MFU {flops / seconds / peak:6.1%}  "
+            f"x{baseline / seconds:.2f} vs reference{note}"
+        )
 
 
 # --------------------------------------------------------------------------- sampling
 def report_sampling(bench: Bench, run: Run, frame_rate: int) -> None:
-    """Latents only: guided Euler from noise, as tasks/common/generation.py samples them."""
+    """Latents only: guided Euler from noise for `evaluate.batch_size` prompts per call, as
+    the evaluate stage samples them, with the reference kernels and the speed-ups in turn."""
     backbone = bench.model.backbone.to(run.device).eval()
     s, sample = bench.shapes, run.params.sample
+    prompts = run.params.evaluate.batch_size  # per sampling call, as the evaluate stage
     generator = torch.Generator().manual_seed(run.seed)
 
     def condition() -> dict[str, torch.Tensor]:
         values = {
-            "text": torch.randn(SAMPLE_PROMPTS, s.text_tokens, s.text_dim, generator=generator),
-            "clap_text": torch.randn(SAMPLE_PROMPTS, s.condition_dim, generator=generator),
+            "text": torch.randn(prompts, s.text_tokens, s.text_dim, generator=generator),
+            "clap_text": torch.randn(prompts, s.condition_dim, generator=generator),
         }
         if backbone.quality_embedding is not None:
             level = run.params.quality.inference_level  # paper 003 eq. (7), both branches
-            values["quality_level"] = torch.full((SAMPLE_PROMPTS,), level)
+            values["quality_level"] = torch.full((prompts,), level)
         return {key: value.to(run.device) for key, value in values.items()}
 
     velocity = guided(velocity_of(backbone), condition(), condition(), sample.cfg_scale)
-    noise = torch.randn(SAMPLE_PROMPTS, s.frames, s.latent_dim, generator=generator)
+    noise = torch.randn(prompts, s.frames, s.latent_dim, generator=generator)
     noise = noise.to(run.device)
     timed = min(bench.workload.sample_steps or sample.steps, sample.steps)
+    best = {"reference": float("inf"), "speed-ups": float("inf")}
     with torch.inference_mode(), autocast(run):
         solve(velocity, noise, 1, sample.solver)  # warm-up
-        seconds = best_seconds(lambda: solve(velocity, noise, timed, sample.solver), 1, run.device)
+        for _ in range(ROUNDS):
+            for variant in best:
+                use_reference_kernels(backbone, variant == "reference")
+                seconds = best_seconds(
+                    lambda: solve(velocity, noise, timed, sample.solver), 1, run.device
+                )
+                best[variant] = min(best[variant], seconds)
+    use_reference_kernels(backbone, False)
     # Every solver step is the same network call on the same shapes, so the time of k steps
     # scales exactly to the full schedule; the solver's own arithmetic is negligible.
-    per_evaluation = seconds / function_evaluations(sample.solver, timed)
-    total = per_evaluation * function_evaluations(sample.solver, sample.steps)
-    audio_seconds = SAMPLE_PROMPTS * s.frames / frame_rate
     how = "timed" if timed == sample.steps else f"{timed} steps timed, extrapolated"
     print(
-        f"  sampling   {SAMPLE_PROMPTS} prompts x {s.frames / frame_rate:g} s, {sample.steps} "
-        f"{sample.solver} steps, CFG {sample.cfg_scale:g} (batch {2 * SAMPLE_PROMPTS} per call), "
-        f"latents only: {total:.2f} s ({how})"
+        f"  sampling   {prompts} prompts x {s.frames / frame_rate:g} s, {sample.steps} "
+        f"{sample.solver} steps, CFG {sample.cfg_scale:g} (batch {2 * prompts} per call), "
+        f"latents only ({how})"
     )
-    print(
-        f"             real-time factor {audio_seconds / total:8.2f}x   "
-        f"{per_evaluation * 1e3:8.1f} ms per function evaluation"
-    )
+    audio_seconds = prompts * s.frames / frame_rate
+    for variant, seconds in best.items():
+        per_evaluation = seconds / function_evaluations(sample.solver, timed)
+        total = per_evaluation * function_evaluations(sample.solver, sample.steps)
+        print(
+            f"    {variant:<10} {total:8.2f} s  {prompts / total:7.2f} clips/s  "
+            f"real-time factor {audio_seconds / total:7.2f}x  "
+            f"{per_evaluation * 1e3:7.1f} ms per function evaluation  "
+            f"x{best['reference'] / seconds:.2f} vs reference"
+        )
 
 
 # --------------------------------------------------------------------------- profile
 def report_profile(bench: Bench, run: Run, steps: int, rows: int) -> None:
     """torch.profiler over a few training steps (after one warm-up), ops by self CPU time:
     on CPU, where the time goes; on CUDA, the host-side launch cost (kernels recorded too)."""
-    step = training_step(bench, run)
+    step = training_step(bench, run, "speed-ups")
     step()
     activities = [ProfilerActivity.CPU]
     if run.device.type == "cuda":
@@ -359,8 +398,10 @@ def report_parameters(bench: Bench) -> None:
 
 BUILDERS: dict[str, Callable[[Params, Workload], Bench]] = {
     "embedded": embedded_bench,
-    "fluxaudio_s": fluxaudio_s_bench,
+    "fluxaudio_s": partial(paper_bench, "fluxaudio_s"),
+    "table2_450m": partial(paper_bench, "table2_450m"),  # paper 000 Table II, ~450M
 }
+DEFAULT_CONFIGS = ["embedded", "fluxaudio_s"]  # table2_450m: on a GPU (gpu_check.sh)
 
 
 def default_workload(name: str, device: torch.device) -> Workload:
@@ -377,7 +418,7 @@ def default_workload(name: str, device: torch.device) -> Workload:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", choices=sorted(BUILDERS), default=list(BUILDERS))
+    parser.add_argument("--configs", nargs="+", choices=sorted(BUILDERS), default=DEFAULT_CONFIGS)
     parser.add_argument("--batch", type=int, default=None, help="default: per config and device")
     parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first")
@@ -392,6 +433,9 @@ def parse_args() -> argparse.Namespace:
         help="default: bf16 on cuda, fp32 on cpu",
     )
     parser.add_argument("--threads", type=int, default=None, help="default: the usable cores")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time the speed-ups + torch.compile"
+    )
     parser.add_argument("--profile", action="store_true", help="also profile embedded training")
     parser.add_argument("--profile-steps", type=int, default=3)
     return parser.parse_args()
@@ -433,7 +477,8 @@ def main() -> None:
     for name in args.configs:
         bench = BUILDERS[name](params, workload_for(name, args, device))
         report_parameters(bench)
-        report_training(bench, run, peak)
+        variants = ["reference", "speed-ups"] + (["compiled"] if args.compile else [])
+        report_training(bench, run, peak, variants)
         report_sampling(bench, run, params.latents.mel25.frame_rate)
     if args.profile:
         bench = embedded_bench(params, workload_for("embedded", args, device))

@@ -8,7 +8,7 @@ internally. The composition of these blocks is `models/fluxaudio.py`.
 from __future__ import annotations
 
 import math
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +25,49 @@ def swiglu_hidden_dim(hidden_dim: int, multiple_of: int = 256) -> int:
     return multiple_of * math.ceil(width / multiple_of)
 
 
+# Widest convolution (in or out channels) for which the channels-last conv2d pays on CPU.
+CHANNELS_LAST_MAX_CHANNELS = 512
+
+
 class ChannelLastConv1d(nn.Conv1d):
-    """A Conv1d over the token axis of a `[batch, tokens, channels]` tensor."""
+    """A Conv1d over the token axis of a `[batch, tokens, channels]` tensor.
+
+    Up to `CHANNELS_LAST_MAX_CHANNELS` channels, run as a conv2d over `[batch, channels, 1,
+    tokens]` in channels-last memory format, which is exactly the `[batch, tokens, channels]`
+    layout: oneDNN's NHWC kernels read the input and write the output in place, where a Conv1d
+    on the transposed view copies both ways, forward and backward. Measured on 2 CPU cores
+    (kernel 3, 250 tokens), channels-last vs Conv1d at 96 <-> 256 channels: inference 1.5x at
+    batch 2, 2.6x at 8, 3.2x at 32; forward + backward 1.1x, 1.5x, 1.8x. At 448 <-> 1280
+    channels (FluxAudio-S) it is 0.8-1.1x, so wider convolutions keep the plain Conv1d. The
+    choice is fixed per module, so a module computes the same way at every batch size.
+    `use_reference_kernels` forces the plain Conv1d everywhere (the speed-ups' baseline).
+    A fused SwiGLU gate/up map (one convolution on the concatenated weights) was tried and
+    did not pay: 0.97x per training step.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # nn.Conv1d's arguments
+        super().__init__(*args, **kwargs)
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            raise ValueError("ChannelLastConv1d supports integer zero padding only")
+        self.channels_last_2d = self.pays_off()
+
+    def pays_off(self) -> bool:
+        return max(self.in_channels, self.out_channels) <= CHANNELS_LAST_MAX_CHANNELS
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+        if not self.channels_last_2d:
+            return super().forward(x.transpose(1, 2)).transpose(1, 2)
+        image = x.transpose(1, 2).unsqueeze(2)  # a view: channels-last strides already
+        out = F.conv2d(
+            image,
+            self.weight.unsqueeze(2),  # oneDNN reorders weights itself: no copy here
+            self.bias,
+            stride=(1, self.stride[0]),
+            padding=(0, cast(int, self.padding[0])),  # integer: checked in __init__
+            dilation=(1, self.dilation[0]),
+            groups=self.groups,
+        )
+        return out.squeeze(2).transpose(1, 2)
 
 
 class SwiGLU(nn.Module):
@@ -53,6 +91,14 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+def use_reference_kernels(module: nn.Module, reference: bool = True) -> None:
+    """Switch every `ChannelLastConv1d` in `module` to the plain Conv1d (or back): the
+    speed-ups' baseline in benchmarks/training_throughput.py and their equality test."""
+    for child in module.modules():
+        if isinstance(child, ChannelLastConv1d):
+            child.channels_last_2d = not reference and child.pays_off()
 
 
 class TimestepEmbedder(nn.Module):
@@ -83,11 +129,19 @@ def rope_rotation(positions: Tensor, head_dim: int, theta: float = 10_000.0) -> 
 
 
 def apply_rope(x: Tensor, rotation: Rotation) -> Tensor:
-    """Rotate consecutive channel pairs of x [batch, heads, tokens, head_dim]."""
+    """Rotate consecutive channel pairs of x [batch, heads, tokens, head_dim].
+
+    Each pair (even, odd) times cos + i sin as one complex product, as Flux's `apply_rope`:
+    the same float32 results as the real form (even cos - odd sin, even sin + odd cos) in
+    one kernel instead of six and a stack (2-7x faster, forward and backward, on CPU).
+    """
     cos, sin = rotation
-    even, odd = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+    if torch.compiler.is_compiling():  # inductor fuses the real form; it has no complex codegen
+        even, odd = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+        rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+        return rotated.flatten(-2).type_as(x)
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())
+    return torch.view_as_real(pairs * torch.complex(cos, sin)).flatten(-2).type_as(x)
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
-import librosa
 import numpy as np
 
 from tasks.params import BackendChoice
@@ -218,6 +217,8 @@ def resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarra
     audio = np.asarray(audio, dtype=np.float32)
     if source_rate == target_rate:
         return audio
+    import librosa  # here, not at the top: the backend protocols import without the audio stack
+
     out = librosa.resample(audio, orig_sr=source_rate, target_sr=target_rate, res_type="soxr_hq")
     return out.astype(np.float32)
 

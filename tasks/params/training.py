@@ -130,6 +130,8 @@ class TrainParams(Section):
     # val prompts generated at the end of a stage and CLAP-scored against two baselines
     sample_check_prompts: Annotated[int, Field(ge=0)]
     workers: Annotated[int, Field(ge=0)]  # DataLoader workers (0 is fastest on 2 cores)
+    # torch.compile the training forward + backward (validation and sampling stay eager).
+    compile: bool
 
 
 class FinetuneParams(Section):
