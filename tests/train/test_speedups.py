@@ -81,9 +81,7 @@ def test_channels_last_convolutions_and_fused_adamw_match_the_reference(
     assert any(m.channels_last_2d for m in model.modules() if isinstance(m, ChannelLastConv1d))
     fast_losses, fast_weights = two_steps(model, params, fused=True, compiled=False)
     use_reference_kernels(model)
-    assert not any(
-        m.channels_last_2d for m in model.modules() if isinstance(m, ChannelLastConv1d)
-    )
+    assert not any(m.channels_last_2d for m in model.modules() if isinstance(m, ChannelLastConv1d))
     slow_losses, slow_weights = two_steps(model, params, fused=False, compiled=False)
     torch.testing.assert_close(fast_losses, slow_losses, **TOLERANCE)
     torch.testing.assert_close(fast_weights, slow_weights, **TOLERANCE)
