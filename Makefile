@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # dvc runs stage commands through the shell: put the venv first on PATH so `python` is ours.
 RUN := PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1
 
-.PHONY: setup system-packages run test test-fast lint bench listening-check serve worker mlflow-ui optuna-ui clean
+.PHONY: setup system-packages run test test-fast lint bench gpu-check listening-check serve worker mlflow-ui optuna-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,12 @@ bench: setup
 	$(RUN) $(BIN)/python -m benchmarks.dataloader_throughput
 	$(RUN) $(BIN)/python -m benchmarks.training_throughput
 	$(RUN) $(BIN)/python -m benchmarks.sweep_overhead
+
+## gpu-check: here, before the GPU check runs on a GPU machine (README "GPU check"): the
+## wheels the GPU image lacks into .gpu-wheels/, then every part on the CPU at toy sizes
+gpu-check: setup
+	benchmarks/gpu_check.sh --prepare
+	benchmarks/gpu_check.sh --dry-run gpu-check
 
 ## listening-check: open reports/listening/index.html in headless Chromium, save a screenshot
 listening-check: setup

@@ -1,94 +1,123 @@
 #!/usr/bin/env bash
-# The prepared GPU check (README "GPU check"): one command, <= 6 minutes on one GPU, results
-# in a folder. Parts, each under its own time limit, each recorded even when it fails:
-#   1. the `gpu`-marked tests (bf16 autocast step of the trainer through accelerate, CUDA
-#      sampling against the CPU's, the backbone's CUDA forward);
-#   2. training and sampling throughput of FluxAudio-S and of paper 000's Table II model
-#      (~450M) at batch 32, bf16, flash SDPA, with and without torch.compile: MFU against
-#      the bf16 matmul peak measured in the same run, clips/s for 10-s clips (25 Euler
-#      steps, CFG), peak GPU memory (benchmarks/training_throughput.py).
+# The prepared GPU check (README "GPU check"): one command, under 6 minutes on one GPU,
+# results in one folder. Parts, each under its own time limit and all within one budget,
+# each recorded even when it fails (the next one still runs):
+#   wheels          the packages the GPU image lacks, from .gpu-wheels/ (see --prepare)
+#   gpu_tests       the `gpu`-marked tests: the trainer's bf16-autocast step through
+#                   accelerate on one GPU, CUDA sampling against the CPU's, the CUDA forward
+#   throughput_*    benchmarks/gpu_throughput.py for FluxAudio-S and paper 000's Table II
+#                   model (~450M) at batch $BATCH (32), bf16, flash SDPA, eager and
+#                   torch.compile: MFU against the bf16 matmul peak measured in the same
+#                   run, clips/s for 10-s clips (25 Euler steps, CFG), peak GPU memory
+# Results: summary.txt, results.json (everything, machine-readable) and one log per part:
+# at most 8 flat files, which the device tool brings back from $OUT.
 #
 # usage:
 #   benchmarks/gpu_check.sh --prepare        here (package registry): the wheels the GPU
-#                                            image lacks (pydantic, ruamel.yaml) -> .gpu-wheels/
+#                                            image (Python 3.12) lacks -> .gpu-wheels/
 #   benchmarks/gpu_check.sh [DIR]            on the GPU machine; DIR defaults to $OUT, else
-#                                            gpu-check/ (the device tool returns $OUT)
-#   benchmarks/gpu_check.sh --dry-run [DIR]  on CPU: every part end to end at toy sizes (CI)
+#                                            gpu-check/
+#   benchmarks/gpu_check.sh --dry-run [DIR]  on the CPU: every part end to end at toy sizes
+#                                            (tests/test_gpu_check.py); no GPU figure
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 WHEELS="$ROOT/.gpu-wheels"
-# What the project imports that the GPU image (Python 3.12, torch, accelerate, pandas,
-# safetensors, pyyaml, scipy, pytest) lacks; the versions of this project's .venv.
-CARRIED=(pydantic pydantic-core annotated-types typing-inspection ruamel.yaml)
+# What the project imports that the GPU image lacks (KINDS.md), with their dependencies;
+# the versions of this project's .venv.
+IMPORTED=(pydantic ruamel.yaml)
+CARRIED=(pydantic pydantic-core annotated-types typing-inspection typing-extensions ruamel.yaml)
+GPU_PYTHON=3.12
+PLATFORMS=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64
+    manylinux2014_x86_64 manylinux1_x86_64)
+BUDGET=330 # seconds for all parts together (+ start-up and report: under 6 minutes)
+BATCH=${BATCH:-32}
 
 mode=run
 case "${1:-}" in
     --prepare) mode=prepare; shift ;;
     --dry-run) mode=dry-run; shift ;;
+    -h | --help) sed -n '2,/^set /p' "$0" | sed '$d'; exit 0 ;;
 esac
+platform_flags=(--only-binary=:all: --python-version "$GPU_PYTHON" --implementation cp)
+for platform in "${PLATFORMS[@]}"; do platform_flags+=(--platform "$platform"); done
 
 if [ "$mode" = prepare ]; then
     specs=()
     for name in "${CARRIED[@]}"; do
-        specs+=("$name==$(.venv/bin/python -m pip show "$name" | awk '/^Version:/ {print $2}')")
+        version=$(.venv/bin/python -m pip show "$name" | awk '/^Version:/ {print $2}')
+        [ -n "$version" ] || { echo "$name is not in .venv: run make setup first"; exit 2; }
+        specs+=("$name==$version")
     done
     rm -rf "$WHEELS" && mkdir -p "$WHEELS"
-    .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: \
-        --python-version 3.12 --platform manylinux2014_x86_64 \
-        --platform manylinux_2_17_x86_64 -d "$WHEELS" "${specs[@]}"
+    .venv/bin/python -m pip download --quiet --no-deps "${platform_flags[@]}" -d "$WHEELS" \
+        "${specs[@]}" || exit 2
     ls "$WHEELS" && du -sh "$WHEELS"
     exit 0
 fi
 
 RESULTS=${1:-${OUT:-gpu-check}}
-mkdir -p "$RESULTS"
-RESULTS=$(cd "$RESULTS" && pwd)
+mkdir -p "$RESULTS" && RESULTS=$(cd "$RESULTS" && pwd)
+SCRATCH=$(mktemp -d)
+trap 'rm -rf "$SCRATCH"' EXIT
 PY=${PYTHON:-python3}
-[ "$mode" = dry-run ] && [ -x .venv/bin/python ] && PY=${PYTHON:-.venv/bin/python}
-SUMMARY="$RESULTS/summary.txt"
-: > "$SUMMARY"
+[ "$mode" = dry-run ] && [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && PY=.venv/bin/python
+export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+started=$SECONDS
 
-# The carried wheels go to a folder of their own on PYTHONPATH: the image is left as it is.
-if ! "$PY" -c "import pydantic, ruamel.yaml" 2>/dev/null; then
-    deps="$RESULTS/.deps"
-    "$PY" -m pip install --quiet --no-index --find-links "$WHEELS" --target "$deps" \
-        pydantic ruamel.yaml || { echo "missing wheels: run --prepare here first" | tee -a "$SUMMARY"; exit 2; }
-    export PYTHONPATH="$deps:${PYTHONPATH:-}"
-fi
-export PYTHONPATH="$ROOT:${PYTHONPATH:-}"
-
-part() {  # part NAME SECONDS COMMAND...: run, keep its output, record status and time
-    local name=$1 limit=$2
-    shift 2
-    local started=$SECONDS
-    timeout "$limit" "$@" > "$RESULTS/$name.txt" 2>&1
-    local status=$?
-    echo "$name: exit $status in $((SECONDS - started)) s (limit $limit s)" | tee -a "$SUMMARY"
+record() { # record NAME STATUS SECONDS LIMIT [NOTE]
+    printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5:-}" >> "$SCRATCH/parts.tsv"
+    echo "$1: exit $2 in $3 s (limit $4 s) ${5:-}"
 }
 
-{
-    echo "mode: $mode"
-    date -u
-    "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
-torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
-    command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-} > "$RESULTS/environment.txt" 2>&1
+part() { # part NAME LIMIT COMMAND...: its output to NAME.log, its record to parts.tsv
+    local name=$1 limit=$2
+    shift 2
+    local left=$((BUDGET - (SECONDS - started)))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -le 0 ]; then
+        record "$name" 124 0 0 "not run: the check's time budget is spent"
+        return 124
+    fi
+    local began=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" > "$RESULTS/$name.log" 2>&1
+    local status=$?
+    record "$name" "$status" $((SECONDS - began)) "$limit"
+    return "$status"
+}
 
-if [ "$mode" = dry-run ]; then
-    # Toy sizes on the CPU: the same scripts, imports and options, no figure worth reading;
-    # without --compile, which tests/train/test_speedups.py checks (a cold compile: ~45 s).
-    part gpu_tests 120 "$PY" -m pytest -m gpu tests/models/test_gpu.py -p no:cacheprovider -q \
-        --junitxml="$RESULTS/gpu_tests.xml"
-    part throughput_embedded 300 "$PY" -m benchmarks.training_throughput --device cpu \
-        --configs embedded --batch 2 --steps 1 --warmup 1 --sample-steps 1
+command -v nvidia-smi > /dev/null \
+    && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
+        > "$SCRATCH/nvidia-smi.txt" 2>&1
+
+# The carried wheels go to a folder of their own on PYTHONPATH: the image stays as it is.
+# A dry run resolves them for the GPU's Python instead, which checks that none is missing.
+if [ "$mode" = run ]; then
+    if "$PY" -c "import pydantic, ruamel.yaml" 2> /dev/null; then
+        record wheels 0 0 0 "skipped: the image has pydantic and ruamel.yaml"
+    elif part wheels 60 "$PY" -m pip install --no-index --find-links "$WHEELS" \
+        --target "$SCRATCH/site" "${IMPORTED[@]}"; then
+        export PYTHONPATH="$PYTHONPATH:$SCRATCH/site"
+    fi
+elif compgen -G "$WHEELS/*.whl" > /dev/null; then
+    part wheels 60 "$PY" -m pip install --dry-run --no-index --find-links "$WHEELS" \
+        --target "$SCRATCH/site" "${platform_flags[@]}" "${IMPORTED[@]}"
 else
-    part gpu_tests 90 "$PY" -m pytest -m gpu tests/models/test_gpu.py -p no:cacheprovider -q \
-        --junitxml="$RESULTS/gpu_tests.xml"
-    for config in fluxaudio_s table2_450m; do
-        part "throughput_$config" 150 "$PY" -m benchmarks.training_throughput --device cuda \
-            --precision bf16 --configs "$config" --batch 32 --steps 10 --warmup 3 --compile
-    done
+    record wheels 0 0 0 "skipped: no .gpu-wheels/ here (benchmarks/gpu_check.sh --prepare)"
 fi
-cat "$SUMMARY"
-! grep -qv ": exit 0 " "$SUMMARY"
+
+part gpu_tests 75 "$PY" -m pytest -m gpu tests/models/test_gpu.py -p no:cacheprovider -q \
+    -rA --junitxml="$SCRATCH/gpu_tests.xml"
+
+if [ "$mode" = run ]; then
+    sizes=(--device cuda --batch "$BATCH" --steps 10 --warmup 3 --sample-prompts 32)
+else # toy sizes; Dynamo's tracing without inductor's code generation (minutes on a CPU)
+    sizes=(--device cpu --tiny --compile eager --batch 2 --steps 1 --warmup 1 --rounds 1
+        --sample-prompts 2 --sample-steps 2 --peak-size 512)
+fi
+for config in fluxaudio_s table2_450m; do
+    part "throughput_$config" 150 "$PY" -m benchmarks.gpu_throughput "$config" \
+        --json "$SCRATCH/$config.json" "${sizes[@]}"
+done
+
+"$PY" -m benchmarks.gpu_check_report --mode "$mode" --scratch "$SCRATCH" --results "$RESULTS"

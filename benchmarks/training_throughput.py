@@ -401,7 +401,7 @@ BUILDERS: dict[str, Callable[[Params, Workload], Bench]] = {
     "fluxaudio_s": partial(paper_bench, "fluxaudio_s"),
     "table2_450m": partial(paper_bench, "table2_450m"),  # paper 000 Table II, ~450M
 }
-DEFAULT_CONFIGS = ["embedded", "fluxaudio_s"]  # table2_450m: on a GPU (gpu_check.sh)
+DEFAULT_CONFIGS = ["embedded", "fluxaudio_s"]  # table2_450m: ~4x FluxAudio-S, a GPU's job
 
 
 def default_workload(name: str, device: torch.device) -> Workload:
