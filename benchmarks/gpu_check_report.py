@@ -62,9 +62,10 @@ def read_junit(path: Path) -> dict[str, Any] | None:
 
 
 def goal(throughput: dict[str, Any], dry_run: bool) -> dict[str, Any]:
-    measured = throughput.get(GOAL_CONFIG, {})
-    candidates = {
-        variant: measured[variant]["mfu"]
+    candidates = {  # every batch size measured for the goal's configuration
+        f"{variant} (batch {measured['workload']['batch']})": measured[variant]["mfu"]
+        for measured in throughput.values()
+        if measured.get("config") == GOAL_CONFIG
         for variant in ("training_eager", "training_compiled")
         if "mfu" in measured.get(variant, {})
     }

@@ -45,8 +45,9 @@ TINY_SCORERS = {
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`gpu` tests need a CUDA device: without one they are skipped, saying why."""
-    if torch.cuda.is_available():
+    """`gpu` tests need a CUDA device: without one they are skipped, saying why, unless
+    TTM_GPU_TESTS_DEVICE=cpu runs their bodies on the CPU (benchmarks/gpu_check.sh --dry-run)."""
+    if torch.cuda.is_available() or os.environ.get("TTM_GPU_TESTS_DEVICE") == "cpu":
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
     for item in items:

@@ -15,7 +15,13 @@ import pytest
 from benchmarks.gpu_throughput import NOT_ON_GPU_IMAGE
 from tests.conftest import REPO
 
-PARTS = ["wheels", "gpu_tests", "throughput_fluxaudio_s", "throughput_table2_450m"]
+PARTS = [
+    "wheels",
+    "gpu_tests",
+    "throughput_fluxaudio_s",
+    "throughput_table2_450m",
+    "throughput_fluxaudio_s_x4",
+]
 RETURNED_FILES = 8  # the device tool brings back at most 8 files from $OUT
 
 
@@ -38,9 +44,10 @@ def test_dry_run_writes_every_part_with_figures(tmp_path: Path) -> None:
     # CI has no .gpu-wheels/ (--prepare downloads them): the wheels part is skipped there.
     assert {part["outcome"] for part in report["parts"].values()} <= {"ok", "skipped"}
     cases = report["gpu_tests"]["cases"]
-    assert len(cases) >= 3 and set(cases.values()) == {"skipped"}  # collected, no CUDA here
-    for config in ("fluxaudio_s", "table2_450m"):
-        measured = report["throughput"][config]
+    assert len(cases) >= 3 and set(cases.values()) == {"passed"}  # their bodies, on the CPU
+    assert sorted(report["throughput"]) == ["fluxaudio_s", "fluxaudio_s_x4", "table2_450m"]
+    assert report["throughput"]["fluxaudio_s_x4"]["workload"]["batch"] == 8  # 4x the dry run's
+    for measured in report["throughput"].values():
         assert measured["errors"] == {} and measured["dry_run"]
         assert measured["attention"] == "flash (forced)"
         for variant in ("training_eager", "training_compiled"):
@@ -125,7 +132,7 @@ def test_report_keeps_a_timed_out_part_and_its_partial_figures(tmp_path: Path) -
     assert report["goal"] == {
         "config": "fluxaudio_s",
         "mfu_goal": 0.4,
-        "best_variant": "training_eager",
+        "best_variant": "training_eager (batch 32)",
         "best_mfu": 0.19,
         "met": False,
     }
