@@ -37,9 +37,11 @@ system-packages:
 run: setup
 	$(RUN) $(BIN)/dvc repro
 
-## test: the full suite, slow end-to-end tests included (this is what CI runs)
+## test: the full suite, slow end-to-end tests included (this is what CI runs), on two
+# pytest-xdist workers: the scratch-DAG tests (the sweeps' Prefect stack, `dvc repro`) on one,
+# the rest on the other as it frees (tests/conftest.py); the 15 slowest tests are listed last
 test: setup system-packages
-	$(RUN) $(BIN)/pytest --durations=15
+	$(RUN) $(BIN)/pytest -n 2 --dist loadgroup --durations=15
 
 test-fast: setup
 	$(RUN) $(BIN)/pytest -m "not slow"

@@ -10,18 +10,24 @@ and attention, the usual MFU convention; the optimizer is not counted); the achi
 FLOP/s and the MFU, achieved / measured peak. Last, the sampling real-time factor: seconds
 of latent audio per wall-clock second for a batch of prompts at `sample.steps` Euler steps
 with classifier-free guidance (`sample.cfg_scale`), codec decode excluded, and the time per
-function evaluation (one guided network call on the doubled batch).
+function evaluation (one guided network call on the condition / null-condition pair).
 
 Configurations: `embedded` is params.yaml's `model` on the embedded cache's shapes
 (MiniLM text, the tiny CLAP); `fluxaudio_s` is the baseline's FluxAudio-S preset on paper
 000's codec (64 channels at 25 Hz, 10 s) with FLAN-T5-large text and LAION-CLAP widths.
 Every figure is printed per variant, side by side, from one run: `reference` (the plain
-Conv1d on transposed views and a per-parameter AdamW loop: the trainer before its speed-ups),
-`speed-ups` (what the trainer runs: channels-last convolutions, fused AdamW) and, with
-`--compile`, `compiled` (the speed-ups + `train.compile`, its one-off compile time printed
-apart). Variants alternate over `ROUNDS` rounds and keep their best round, so a load that
-comes and goes on a shared machine hits them alike. tests/train/test_speedups.py checks that
-the variants compute the same losses, weights and samples.
+Conv1d on transposed views and a per-parameter AdamW loop: the trainer before its speed-ups;
+in sampling also x repeated for each condition set of the guidance pair, so the audio stem
+runs twice per call, as before it was shared), `speed-ups` (what the trainer and the sampler
+run: channels-last convolutions, the wide ones without autograd only, fused AdamW, the shared
+audio stem) and, with `--compile`, `compiled` (the speed-ups + `train.compile`, its one-off
+compile time printed apart; training only). Equivalent rewrites without a switch (RoPE as a
+complex product, tokens-before-heads attention layout, one-kernel adaLN modulation and gated
+residuals, in-place SwiGLU without autograd) run in every variant, so the ratios understate
+the gain over the code before them. Variants alternate over `ROUNDS` rounds and keep their
+best round, so a load that comes and goes on a shared machine hits them alike.
+tests/train/test_speedups.py checks that the variants compute the same losses, weights and
+samples.
 
 `--profile` adds one torch.profiler pass over embedded training steps (CPU activity),
 printing the ops sorted by self CPU time. Runs unchanged on CUDA (`--device cuda`,
@@ -318,18 +324,24 @@ def report_sampling(bench: Bench, run: Run, frame_rate: int) -> None:
             values["quality_level"] = torch.full((prompts,), level)
         return {key: value.to(run.device) for key, value in values.items()}
 
-    velocity = guided(velocity_of(backbone), condition(), condition(), sample.cfg_scale)
+    conditions = condition(), condition()
+    velocities = {  # the reference repeats x for each condition set: the stem runs twice
+        variant: guided(
+            velocity_of(backbone, variant != "reference"), *conditions, sample.cfg_scale
+        )
+        for variant in ("reference", "speed-ups")
+    }
     noise = torch.randn(prompts, s.frames, s.latent_dim, generator=generator)
     noise = noise.to(run.device)
     timed = min(bench.workload.sample_steps or sample.steps, sample.steps)
-    best = {"reference": float("inf"), "speed-ups": float("inf")}
+    best = dict.fromkeys(velocities, float("inf"))
     with torch.inference_mode(), autocast(run):
-        solve(velocity, noise, 1, sample.solver)  # warm-up
+        solve(velocities["speed-ups"], noise, 1, sample.solver)  # warm-up
         for _ in range(ROUNDS):
-            for variant in best:
+            for variant, velocity in velocities.items():
                 use_reference_kernels(backbone, variant == "reference")
                 seconds = best_seconds(
-                    lambda: solve(velocity, noise, timed, sample.solver), 1, run.device
+                    lambda v=velocity: solve(v, noise, timed, sample.solver), 1, run.device
                 )
                 best[variant] = min(best[variant], seconds)
     use_reference_kernels(backbone, False)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 Rotation = tuple[
     Tensor, Tensor
-]  # (cos, sin), each broadcastable to [batch, heads, tokens, head_dim / 2]
+]  # (cos, sin), each broadcastable to [batch, tokens, heads, head_dim / 2]
 
 
 def swiglu_hidden_dim(hidden_dim: int, multiple_of: int = 256) -> int:
@@ -25,37 +25,37 @@ def swiglu_hidden_dim(hidden_dim: int, multiple_of: int = 256) -> int:
     return multiple_of * math.ceil(width / multiple_of)
 
 
-# Widest convolution (in or out channels) for which the channels-last conv2d pays on CPU.
+# Widest convolution (in or out channels) for which the channels-last conv2d pays on CPU
+# with autograd (forward + backward); without autograd it pays at every width.
 CHANNELS_LAST_MAX_CHANNELS = 512
 
 
 class ChannelLastConv1d(nn.Conv1d):
     """A Conv1d over the token axis of a `[batch, tokens, channels]` tensor.
 
-    Up to `CHANNELS_LAST_MAX_CHANNELS` channels, run as a conv2d over `[batch, channels, 1,
-    tokens]` in channels-last memory format, which is exactly the `[batch, tokens, channels]`
-    layout: oneDNN's NHWC kernels read the input and write the output in place, where a Conv1d
-    on the transposed view copies both ways, forward and backward. Measured on 2 CPU cores
-    (kernel 3, 250 tokens), channels-last vs Conv1d at 96 <-> 256 channels: inference 1.5x at
-    batch 2, 2.6x at 8, 3.2x at 32; forward + backward 1.1x, 1.5x, 1.8x. At 448 <-> 1280
-    channels (FluxAudio-S) it is 0.8-1.1x, so wider convolutions keep the plain Conv1d. The
-    choice is fixed per module, so a module computes the same way at every batch size.
-    `use_reference_kernels` forces the plain Conv1d everywhere (the speed-ups' baseline).
-    A fused SwiGLU gate/up map (one convolution on the concatenated weights) was tried and
-    did not pay: 0.97x per training step.
+    Run as a conv2d over `[batch, channels, 1, tokens]` in channels-last memory format, which
+    is exactly the `[batch, tokens, channels]` layout: oneDNN's NHWC kernels read the input
+    and write the output in place, where a Conv1d on the transposed view copies both ways.
+    Measured on 2 CPU cores (kernel 3, 250 tokens), channels-last vs Conv1d at 96 <-> 256
+    channels: inference 1.5x at batch 2, 2.6x at 8, 3.2x at 32; forward + backward 1.1x, 1.5x,
+    1.8x. At 448 <-> 1280 channels (FluxAudio-S) forward + backward at batch 2 is 0.8-1.1x,
+    so wider convolutions than `CHANNELS_LAST_MAX_CHANNELS` take it only without autograd
+    (sampling: 1.1-1.45x at batch 8-32, where these convolutions are most of the time). The
+    choice does not depend on the batch size, so a sample is computed the same way in any
+    batch. `use_reference_kernels` forces the plain Conv1d everywhere (the speed-ups'
+    baseline). A fused SwiGLU gate/up map (one convolution on the concatenated weights) was
+    tried and did not pay: 0.97x per training step.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # nn.Conv1d's arguments
         super().__init__(*args, **kwargs)
         if self.padding_mode != "zeros" or isinstance(self.padding, str):
             raise ValueError("ChannelLastConv1d supports integer zero padding only")
-        self.channels_last_2d = self.pays_off()
-
-    def pays_off(self) -> bool:
-        return max(self.in_channels, self.out_channels) <= CHANNELS_LAST_MAX_CHANNELS
+        self.channels_last_2d = True  # False: the plain Conv1d (`use_reference_kernels`)
+        self.narrow = max(self.in_channels, self.out_channels) <= CHANNELS_LAST_MAX_CHANNELS
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.channels_last_2d:
+        if not (self.channels_last_2d and (self.narrow or not torch.is_grad_enabled())):
             return super().forward(x.transpose(1, 2)).transpose(1, 2)
         image = x.transpose(1, 2).unsqueeze(2)  # a view: channels-last strides already
         out = F.conv2d(
@@ -90,7 +90,11 @@ class SwiGLU(nn.Module):
             self.w3 = ChannelLastConv1d(dim, width, kernel_size, padding=padding, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if torch.is_grad_enabled():
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        # Without autograd no intermediate is kept for a backward pass: in place, two fewer
+        # [batch, tokens, width] tensors to allocate and fill per call (sampling).
+        return self.w2(F.silu(self.w1(x), inplace=True).mul_(self.w3(x)))
 
 
 def use_reference_kernels(module: nn.Module, reference: bool = True) -> None:
@@ -98,7 +102,7 @@ def use_reference_kernels(module: nn.Module, reference: bool = True) -> None:
     speed-ups' baseline in benchmarks/training_throughput.py and their equality test."""
     for child in module.modules():
         if isinstance(child, ChannelLastConv1d):
-            child.channels_last_2d = not reference and child.pays_off()
+            child.channels_last_2d = not reference
 
 
 class TimestepEmbedder(nn.Module):
@@ -129,7 +133,7 @@ def rope_rotation(positions: Tensor, head_dim: int, theta: float = 10_000.0) -> 
 
 
 def apply_rope(x: Tensor, rotation: Rotation) -> Tensor:
-    """Rotate consecutive channel pairs of x [batch, heads, tokens, head_dim].
+    """Rotate consecutive channel pairs of x [batch, tokens, heads, head_dim].
 
     Each pair (even, odd) times cos + i sin as one complex product, as Flux's `apply_rope`:
     the same float32 results as the real form (even cos - odd sin, even sin + odd cos) in
@@ -145,17 +149,26 @@ def apply_rope(x: Tensor, rotation: Rotation) -> Tensor:
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale) + shift
+    """x * (1 + scale) + shift in one kernel over x (two with a temporary before)."""
+    return torch.addcmul(shift, x, 1 + scale)
+
+
+def gated(x: Tensor, update: Tensor, gate: Tensor) -> Tensor:
+    """The gated residual x + update * gate, in one kernel."""
+    return torch.addcmul(x, update, gate)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """[batch, heads, tokens, head_dim] x3 -> [batch, tokens, hidden].
+    """[batch, tokens, heads, head_dim] x3 -> [batch, tokens, hidden].
 
+    Tokens before heads, as the qkv map lays them out: SDPA reads the head-major views as they
+    are and writes its output in the same layout, so neither the inputs nor the output are
+    copied to change layouts (the joint blocks' concatenation is the only copy).
     No mask and no forced backend, so PyTorch picks its fastest kernel (flash /
     memory-efficient on GPU); the reference forces the math kernel only for MeanFlow's JVP
     (docs/reference.md pitfall 7), which plain flow matching does not need.
     """
-    out = F.scaled_dot_product_attention(q, k, v)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2).flatten(2)
 
 
@@ -194,15 +207,15 @@ class StreamBlock(nn.Module):
         """x [batch, tokens, dim], condition [batch, 1, dim] -> q, k, v, post-attention gates."""
         modulation = self.modulation(condition).chunk(2 if self.pre_only else 6, dim=-1)
         h = modulate(self.norm1(x), modulation[0], modulation[1])
-        q, k, v = self.qkv(h).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
-        q = apply_rope(self.q_norm(q), rotation)
-        k = apply_rope(self.k_norm(k), rotation)
-        return q, k, v, list(modulation[2:])
+        qkv = self.qkv(h).unflatten(-1, (3, self.num_heads, -1))  # [batch, tokens, 3, heads, d]
+        q = apply_rope(self.q_norm(qkv[:, :, 0]), rotation)
+        k = apply_rope(self.k_norm(qkv[:, :, 1]), rotation)
+        return q, k, qkv[:, :, 2], list(modulation[2:])
 
     def post_attention(self, x: Tensor, attended: Tensor, modulation: list[Tensor]) -> Tensor:
         gate, shift, scale, gate_mlp = modulation
-        x = x + self.out_proj(attended) * gate
-        return x + self.ffn(modulate(self.norm2(x), shift, scale)) * gate_mlp
+        x = gated(x, self.out_proj(attended), gate)
+        return gated(x, self.ffn(modulate(self.norm2(x), shift, scale)), gate_mlp)
 
     def forward(self, x: Tensor, condition: Tensor, rotation: Rotation) -> Tensor:
         """A single-stream ("fused") block: self-attention over x alone."""
@@ -231,7 +244,7 @@ class JointBlock(nn.Module):
         qa, ka, va, audio_modulation = self.audio.pre_attention(audio, condition, audio_rotation)
         qt, kt, vt, text_modulation = self.text.pre_attention(text, condition, text_rotation)
         attended = attention(
-            torch.cat([qa, qt], dim=2), torch.cat([ka, kt], dim=2), torch.cat([va, vt], dim=2)
+            torch.cat([qa, qt], dim=1), torch.cat([ka, kt], dim=1), torch.cat([va, vt], dim=1)
         )
         audio_attended, text_attended = attended.split([audio.shape[1], text.shape[1]], dim=1)
         audio = self.audio.post_attention(audio, audio_attended, audio_modulation)

@@ -26,7 +26,8 @@ Condition = dict[str, Tensor]
 """Named conditioning tensors (text embeddings, masks, quality levels), batch-first."""
 
 ConditionalVelocity = Callable[[Tensor, Tensor, Condition], Tensor]
-"""(x [B, ...], t [B], condition) -> v, the same shape as x."""
+"""(x [B, ...], t [B], condition [n·B, ...]) -> v [n·B, ...]: x evaluated under each of the
+n condition sets stacked along the condition's batch (set-major; n = 1: v has x's shape)."""
 
 Solver = Literal["euler", "heun"]
 
@@ -131,8 +132,10 @@ def guided(
     Follows the reference rule of MeanAudio / MMAudio `ode_wrapper`: below scale 1 the
     conditional velocity alone is used and the unconditional branch is never evaluated;
     otherwise v = scale·v_c + (1 - scale)·v_u, so scale = 1 is the conditional velocity.
-    Both branches go through ONE network call on a doubled batch — the condition first, the
-    null condition second — which halves the kernel launches of two separate calls.
+    Both branches go through ONE network call on the two stacked condition sets — the
+    condition first, the null condition second — with x and t once, which halves the kernel
+    launches of two separate calls and lets the network compute what depends on x alone once
+    (FluxAudio's audio stem).
 
     Paper 003's quality-aware guidance, eq. (7), is this same wrapper with
     condition = (text, high quality level) and null_condition = (null text, a middle
@@ -152,7 +155,7 @@ def guided(
     paired = _paired(condition, null_condition)
 
     def guided_velocity(x: Tensor, t: Tensor) -> Tensor:
-        v_cond, v_uncond = velocity_fn(torch.cat([x, x]), torch.cat([t, t]), paired).chunk(2)
+        v_cond, v_uncond = velocity_fn(x, t, paired).chunk(2)
         return v_uncond + scale * (v_cond - v_uncond)
 
     return guided_velocity

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -44,9 +48,39 @@ TINY_SCORERS = {
 }
 
 
+# Test files whose tests run on one xdist worker (`make test`: -n 2 --dist loadgroup), by
+# group: the Prefect stack of the end-to-end sweeps and the `dvc repro` test both copy the
+# scratch DAG, which is then built once (and they are the suite's longest chain).
+XDIST_GROUPS = {
+    "tests/flows/test_sweep_e2e.py": "scratch-dag",
+    "tests/test_dvc_pipeline.py": "scratch-dag",
+}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup` with the groups of XDIST_GROUPS, each group's tests on one worker
+    (pytest-xdist 3.8's `xdist_group` marks are lost on pytest 9.2, whose node ids it can
+    no longer suffix: pytest-dev/pytest-xdist#1386). The largest group is handed out first."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class FileGroupScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            group = XDIST_GROUPS.get(nodeid.split("::", 1)[0])
+            return group if group is not None else super()._split_scope(nodeid)
+
+    return FileGroupScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`gpu` tests need a CUDA device: without one they are skipped, saying why, unless
-    TTM_GPU_TESTS_DEVICE=cpu runs their bodies on the CPU (benchmarks/gpu_check.sh --dry-run)."""
+    TTM_GPU_TESTS_DEVICE=cpu runs their bodies on the CPU (benchmarks/gpu_check.sh --dry-run).
+    On xdist workers the `slow` tests are handed out first (after the groups), so that no
+    worker is left with a long test when the other is done."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: "slow" not in item.keywords)  # stable: the same on all
     if torch.cuda.is_available() or os.environ.get("TTM_GPU_TESTS_DEVICE") == "cpu":
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
@@ -91,28 +125,49 @@ def inside_workspace(root: Path) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], Any]) -> tuple[Path, Any]:
+    """(folder, what `build(folder)` returned, through JSON), built once per test run: on
+    xdist workers, which share the run's base temporary folder, the first one to need it
+    builds it and the others wait for it, then read it (tests copy what they change)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        root = tmp_path_factory.mktemp(name)
+        return root, build(root)
+    shared = tmp_path_factory.getbasetemp().parent
+    root, result = shared / name, shared / f"{name}.json"
+    with (shared / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not result.exists():
+            shutil.rmtree(root, ignore_errors=True)  # what a failed build left
+            root.mkdir()
+            result.write_text(json.dumps(build(root)))
+    return root, json.loads(result.read_text())
+
+
 @pytest.fixture(scope="session")
 def curated_workspace(shipped_params: dict, tmp_path_factory) -> tuple[Path, dict]:
     """(directory, raw params) after corpus + curate on random scorers; copy it to use it."""
-    from tasks.corpus import stage as corpus
-    from tasks.curate import stage as curate
-    from tests.curate.test_curate import save_random_scorers
 
-    root = tmp_path_factory.mktemp("curated")
-    base = params_with(shipped_params, {"data": TINY_DATA})
-    clap_dir, quality_dir = save_random_scorers(base, root / "scorers")
-    backends = {
-        "clap": {"name": "embedded", "path": str(clap_dir), "text_model_path": None},
-        "quality": {"name": "embedded", "path": str(quality_dir)},
-        "frame_teacher": {"name": "embedded", "path": str(clap_dir)},
-    }
-    raw = merge(shipped_params, {**CURATED_OVERLAY, "backends": backends})
-    params = Params.from_mapping(raw)
-    with inside_workspace(root):
-        built = corpus.build_corpus(params.data, params.seed, 4.0, root / "corpus")
-        corpus.write_corpus(built, root / "corpus")
-        curate.run(params)
-    return root, raw
+    def build(root: Path) -> dict:
+        from tasks.corpus import stage as corpus
+        from tasks.curate import stage as curate
+        from tests.curate.test_curate import save_random_scorers
+
+        base = params_with(shipped_params, {"data": TINY_DATA})
+        clap_dir, quality_dir = save_random_scorers(base, root / "scorers")
+        backends = {
+            "clap": {"name": "embedded", "path": str(clap_dir), "text_model_path": None},
+            "quality": {"name": "embedded", "path": str(quality_dir)},
+            "frame_teacher": {"name": "embedded", "path": str(clap_dir)},
+        }
+        raw = merge(shipped_params, {**CURATED_OVERLAY, "backends": backends})
+        params = Params.from_mapping(raw)
+        with inside_workspace(root):
+            built = corpus.build_corpus(params.data, params.seed, 4.0, root / "corpus")
+            corpus.write_corpus(built, root / "corpus")
+            curate.run(params)
+        return raw
+
+    return built_once(tmp_path_factory, "curated", build)
 
 
 # The training stages on the tiny cache: a model and a run small enough for seconds.
@@ -155,41 +210,57 @@ TINY_TRAINING = {
 def latent_workspace(curated_workspace, tmp_path_factory) -> tuple[Path, dict]:
     """(directory, raw params) after captions + latents on the curated workspace, with the
     tiny training overlay in params.yaml; copy it to use it."""
-    import shutil
+    source, curated = curated_workspace
 
-    import yaml
+    def build(root: Path) -> dict:
+        import yaml
 
-    from tasks.captions import stage as captions
-    from tasks.latents import stage as latents
+        from tasks.captions import stage as captions
+        from tasks.latents import stage as latents
 
-    source, raw = curated_workspace
-    root = tmp_path_factory.mktemp("latents")
-    shutil.copytree(source, root, dirs_exist_ok=True)
-    raw = merge(raw, TINY_TRAINING)
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    params = Params.from_mapping(raw)
-    with inside_workspace(root):
-        captions.run(params)
-        latents.run(params)
-    return root, raw
+        shutil.copytree(source, root, dirs_exist_ok=True)
+        raw = merge(curated, TINY_TRAINING)
+        (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        params = Params.from_mapping(raw)
+        with inside_workspace(root):
+            captions.run(params)
+            latents.run(params)
+        return raw
+
+    return built_once(tmp_path_factory, "latents", build)
 
 
 @pytest.fixture(scope="session")
 def trained_workspace(latent_workspace, tmp_path_factory) -> tuple[Path, dict]:
     """(directory, raw params) after tiny pretrain + finetune on the latent workspace; copy it
     to use it."""
-    import shutil
-
-    from tasks.train import stage as training_stage
-
     source, raw = latent_workspace
-    root = tmp_path_factory.mktemp("trained")
-    shutil.copytree(source, root, dirs_exist_ok=True)
-    params = Params.from_mapping(raw)
-    with inside_workspace(root):
-        training_stage.run(params, "pretrain")
-        training_stage.run(params, "finetune")
-    return root, raw
+
+    def build(root: Path) -> dict:
+        from tasks.train import stage as training_stage
+
+        shutil.copytree(source, root, dirs_exist_ok=True)
+        params = Params.from_mapping(raw)
+        with inside_workspace(root):
+            training_stage.run(params, "pretrain")
+            training_stage.run(params, "finetune")
+        return raw
+
+    return built_once(tmp_path_factory, "trained", build)
+
+
+@pytest.fixture(scope="session")
+def scratch_dag(tmp_path_factory) -> tuple[Path, str]:
+    """(directory, what its first `dvc repro` printed): a scratch copy of the project on the
+    tiny params (tests/scratch_repo.py), the whole DAG reproduced and committed once per test
+    run; `scratch_repo.copy` it to use it."""
+
+    def build(root: Path) -> str:
+        from tests import scratch_repo
+
+        return scratch_repo.reproduce(root)[1]
+
+    return built_once(tmp_path_factory, "scratch-dag", build)
 
 
 @pytest.fixture

@@ -3,8 +3,10 @@ the sweep benchmark: the code, dvc.yaml and prefect.toml, the DAG shrunk to seco
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -73,11 +75,35 @@ def create(root: Path, raw_params: dict) -> dict[str, str]:
     return env
 
 
-def reproduced(root: Path) -> dict[str, str]:
+def reproduce(root: Path) -> tuple[dict[str, str], str]:
     """A scratch repo on the tiny params after `dvc repro`, all of it committed: the state
-    `dvc exp run` starts from."""
+    `dvc exp run` starts from. Returns its environment and what `dvc repro` printed."""
     env = create(root, tiny_params(read_yaml(REPO / "params.yaml")))
-    run([sys.executable, "-m", "dvc", "repro", "-q"], root, env)
+    output = run([sys.executable, "-m", "dvc", "repro"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-q", "-m", "tiny DAG reproduced"], root, env)
-    return env
+    return env, output
+
+
+def reproduced(root: Path) -> dict[str, str]:
+    """`reproduce`'s repo, its environment."""
+    return reproduce(root)[0]
+
+
+def copy(source: Path, root: Path) -> dict[str, str]:
+    """A copy of the scratch repo `source` in `root` (git, DVC cache, workspace, MLflow store)
+    that shares nothing with it: the absolute paths in the MLflow store (artifact locations)
+    are moved to `root`. Returns the copy's environment."""
+    shutil.copytree(source, root, symlinks=True, dirs_exist_ok=True)
+    store = root / "mlflow.db"
+    if store.exists():
+        with contextlib.closing(sqlite3.connect(store)) as db, db:
+            tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            for (table,) in tables.fetchall():
+                for _, column, kind, *_ in db.execute(f'PRAGMA table_info("{table}")'):
+                    if "CHAR" in kind.upper() or "TEXT" in kind.upper():
+                        db.execute(
+                            f'UPDATE "{table}" SET "{column}" = REPLACE("{column}", ?, ?)',
+                            (str(source), str(root)),
+                        )
+    return environment(root)

@@ -14,18 +14,20 @@ from tests import scratch_repo as scratch_repo_
 from tests.conftest import TINY_TRAINING
 from tests.scratch_repo import run as _run
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # on the xdist worker of tests/flows/test_sweep_e2e.py
 
 
 @pytest.fixture
-def scratch_repo(tmp_path: Path, shipped_params: dict) -> tuple[Path, dict]:
-    return tmp_path, scratch_repo_.create(tmp_path, scratch_repo_.tiny_params(shipped_params))
+def scratch_repo(tmp_path: Path, scratch_dag: tuple[Path, str]) -> tuple[Path, dict, str]:
+    """A copy of the scratch repo (tests/scratch_repo.py) whose first `dvc repro` ran once
+    per test run (conftest.scratch_dag), and what that repro printed."""
+    source, first_repro = scratch_dag
+    return tmp_path, scratch_repo_.copy(source, tmp_path), first_repro
 
 
 def test_repro_runs_the_dag_then_is_a_no_op(scratch_repo):
-    root, env = scratch_repo
+    root, env, first = scratch_repo
     dvc = [sys.executable, "-m", "dvc"]
-    first = _run([*dvc, "repro"], root, env)
     stages = (
         "corpus",
         "scorers",

@@ -18,9 +18,18 @@ from tasks.common.text_conditioning import encoder_input
 from tasks.params import QualityParams, SampleParams
 
 
-def velocity_of(backbone: FluxAudio) -> ConditionalVelocity:
+def velocity_of(backbone: FluxAudio, share_input: bool = True) -> ConditionalVelocity:
+    """The backbone as a conditional velocity (`models.sampling.ConditionalVelocity`).
+
+    `share_input=False` repeats x and t to the conditions' batch before the call, so the
+    audio stem runs once per condition set, as the sampler did before it was shared: the
+    baseline of benchmarks/training_throughput.py and of its equality test."""
+
     def velocity(x: torch.Tensor, t: torch.Tensor, condition: Condition) -> torch.Tensor:
         level = condition.get("quality_level")
+        if not share_input:
+            sets = condition["text"].shape[0] // x.shape[0]
+            x, t = x.repeat(sets, 1, 1), t.repeat(sets)
         return backbone(x, t, condition["text"], condition["clap_text"], level).velocity
 
     return velocity

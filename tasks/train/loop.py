@@ -89,7 +89,7 @@ def build_optimizer(
         weight_decay=optim.weight_decay,
         eps=1e-6 if optim.mixed_precision != "no" else 1e-8,
         # One kernel over all parameters instead of a loop over them (CPU and CUDA);
-        # the same update to round-off (tests/models/test_speedups.py).
+        # the same update to round-off (tests/train/test_speedups.py).
         fused=fused,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(

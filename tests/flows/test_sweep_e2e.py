@@ -22,15 +22,21 @@ import yaml
 from tests import prefect_stack, scratch_repo
 from tests.scratch_repo import run
 
+# On xdist workers, this module and test_dvc_pipeline.py run on one of them
+# (conftest.XDIST_GROUPS): one Prefect stack, the scratch DAG built once for both.
 pytestmark = pytest.mark.slow
 
 EXPERIMENT = "score-aware-ttm"
+# The trials' pretraining budget: the scratch DAG's 12 steps cut to the fewest that still
+# take every path of a trial's training (eval_every 4, checkpoint_every 4): a validation,
+# sample log, pruning report and checkpoint at step 4, then the final one at step 5.
+PRETRAIN_STEPS = ("--param", "pretrain_steps=5")
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, scratch_dag):
     root = tmp_path_factory.mktemp("sweep-repo")
-    env = scratch_repo.reproduced(root)
+    env = scratch_repo.copy(scratch_dag[0], root)
     with prefect_stack.running(root, env, ["--workers", "0", "--gpus", "0,1"]) as running:
         yield running
 
@@ -67,6 +73,7 @@ def test_sweep_deployment_runs_three_trials_end_to_end(stack):
         "study_name=e2e",
         "--param",
         "n_trials=3",
+        *PRETRAIN_STEPS,
         "--watch",
     )
     wall = time.perf_counter() - started
@@ -147,9 +154,14 @@ def _processes() -> list[tuple[int, int, list[bytes], list[bytes]]]:
     return found
 
 
-def _trial_process(study_name: str, trial: int, marker: bytes, timeout: float = 600) -> int:
-    """The pid of the process whose NUL-joined argv contains `marker`, started for `trial`."""
-    wanted = {f"TTM_OPTUNA_STUDY={study_name}".encode(), f"TTM_OPTUNA_TRIAL={trial}".encode()}
+def _trial_process(stack, study_name: str, trial: int, marker: bytes, timeout: float = 600) -> int:
+    """The pid of the process whose NUL-joined argv contains `marker`, started for `trial`
+    by this stack (not by another test run's on the same machine)."""
+    wanted = {
+        f"TTM_OPTUNA_STUDY={study_name}".encode(),
+        f"TTM_OPTUNA_TRIAL={trial}".encode(),
+        f"PREFECT_API_URL={stack.api_url}".encode(),
+    }
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid, _, command, environ in _processes():
@@ -188,11 +200,12 @@ def test_killed_trials_are_recorded_failed_and_the_sweep_finishes_the_others(sta
         "study_name=killed",
         "--param",
         "n_trials=3",
+        *PRETRAIN_STEPS,
     )
     assert created.returncode == 0, created.stdout + created.stderr
     flow_run_id = next(line.split()[-1] for line in created.stdout.splitlines() if "UUID" in line)
-    os.kill(_trial_process("killed", 0, b"tasks.train\0pretrain"), signal.SIGKILL)
-    experiment = _trial_process("killed", 1, b"dvc")  # `dvc exp run`, child of the flow run
+    os.kill(_trial_process(stack, "killed", 0, b"tasks.train\0pretrain"), signal.SIGKILL)
+    experiment = _trial_process(stack, "killed", 1, b"dvc")  # `dvc exp run`, child of the flow run
     _kill_tree(_parent(experiment))
     deadline = time.monotonic() + 1200
     while (state := stack.flow_run(flow_run_id))["state"] not in ("Completed", "Failed", "Crashed"):
@@ -229,6 +242,7 @@ def test_table_deployment_runs_base_and_one_switch_over_two_seeds(stack):
         'configurations=["beta_0.2"]',
         "--param",
         "seeds=[0, 1]",
+        *PRETRAIN_STEPS,
         "--watch",
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -123,6 +123,20 @@ def test_without_quality_token_the_level_is_ignored() -> None:
     torch.testing.assert_close(a, b)
 
 
+def test_stacked_condition_sets_evaluate_x_under_each() -> None:
+    """Guidance's call: x and t once, n condition sets stacked set-major, equals x and t
+    repeated n times (the audio stem then runs once: models/sampling.py `guided`)."""
+    model = randomised(TINY).eval()
+    first, second = inputs(TINY, seed=1), inputs(TINY, seed=2)
+    stacked = {key: torch.cat([first[key], second[key]]) for key in first}
+    shared = model(**{**stacked, "x": first["x"], "t": first["t"]})
+    repeated = model(**{**stacked, "x": first["x"].repeat(2, 1, 1), "t": first["t"].repeat(2)})
+    torch.testing.assert_close(shared.velocity, repeated.velocity)
+    torch.testing.assert_close(shared.hidden, repeated.hidden)
+    with pytest.raises(ValueError, match="multiple of x"):
+        model(**{**stacked, "x": stacked["x"][:4], "t": stacked["t"][:4]})
+
+
 def test_longer_latent_than_the_rope_table_is_refused() -> None:
     model = FluxAudio(TINY)
     batch = inputs(TINY)

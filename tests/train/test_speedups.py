@@ -1,5 +1,6 @@
 """The training and sampling speed-ups change the speed, not the numbers: the channels-last
-convolutions, fused AdamW and torch.compile against the reference kernels on fixed inputs."""
+convolutions, fused AdamW, torch.compile and the guidance pair's shared audio stem against
+the reference kernels and the repeated input on fixed inputs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import copy
 import pytest
 import torch
 
-from models.layers import ChannelLastConv1d, use_reference_kernels
+from models import layers
+from models.layers import CHANNELS_LAST_MAX_CHANNELS, ChannelLastConv1d, use_reference_kernels
 from models.objective import FlowMatchingModel, TrainingBatch
 from models.sampling import guided, solve
 from tasks.common.generation import velocity_of
@@ -97,9 +99,13 @@ def test_compiled_training_step_matches_eager(shipped_params: dict) -> None:
     torch.testing.assert_close(compiled_weights, eager_weights, **TOLERANCE)
 
 
-def test_sampling_with_channels_last_convolutions_matches_the_reference(
-    shipped_params: dict,
+@pytest.mark.parametrize("narrow_up_to", [CHANNELS_LAST_MAX_CHANNELS, 0])  # 0: all wide
+def test_sampling_speed_ups_match_the_reference(
+    shipped_params: dict, monkeypatch: pytest.MonkeyPatch, narrow_up_to: int
 ) -> None:
+    """Channels-last convolutions (wide ones too: no autograd) and the audio stem shared by
+    the guidance pair, against the plain Conv1d on x repeated for each condition set."""
+    monkeypatch.setattr(layers, "CHANNELS_LAST_MAX_CHANNELS", narrow_up_to)
     model, params = small_model(shipped_params, 0.0)
     backbone = model.backbone.eval()
     torch.nn.init.normal_(backbone.final_layer.conv.weight, std=0.02)  # zero-init: not trivial
@@ -110,12 +116,20 @@ def test_sampling_with_channels_last_convolutions_matches_the_reference(
         condition["quality_level"] = null["quality_level"] = batch.quality_level
     noise = torch.randn(batch.latent.shape, generator=torch.Generator().manual_seed(2))
 
-    def sample() -> torch.Tensor:
-        velocity = guided(velocity_of(backbone), condition, null, params.sample.cfg_scale)
+    def sample(share_input: bool) -> torch.Tensor:
+        velocity_fn = velocity_of(backbone, share_input)
+        velocity = guided(velocity_fn, condition, null, params.sample.cfg_scale)
         with torch.inference_mode():
             return solve(velocity, noise, 5, params.sample.solver)
 
-    fast = sample()
+    fast = sample(share_input=True)
     use_reference_kernels(backbone)
-    torch.testing.assert_close(sample(), fast, **TOLERANCE)
+    torch.testing.assert_close(sample(share_input=False), fast, **TOLERANCE)
     assert fast.abs().max() > 0
+
+
+def test_stacked_condition_sets_must_divide_the_batch(shipped_params: dict) -> None:
+    model, _ = small_model(shipped_params, 0.0)
+    batch = fixed_batch(model.backbone.config.quality_levels)
+    with pytest.raises(ValueError, match="multiple of x"):
+        model.backbone(batch.latent[:3], torch.rand(3), batch.text, batch.clap_text)
