@@ -195,12 +195,8 @@ class FluxAudio(nn.Module):
 
     def _audio_rotation(self, positions: Tensor) -> Rotation:
         """RoPE of the audio stream for frame `positions` ([frames] or [batch, kept]); the
-        quality token has no time position and gets the identity rotation."""
-        if int(positions.max()) >= self.audio_rope_cos.shape[0]:
-            raise ValueError(
-                f"latent of {int(positions.max()) + 1} frames is longer than latent_seq_len "
-                f"({self.audio_rope_cos.shape[0]})"
-            )
+        quality token has no time position and gets the identity rotation. `forward` checks
+        the frame count against the table (positions are frames or kept frames)."""
         cos, sin = self.audio_rope_cos[positions], self.audio_rope_sin[positions]
         if self.prefix_length:
             cos = torch.cat([torch.ones_like(cos[..., :1, :]), cos], dim=-2)
@@ -256,6 +252,13 @@ class FluxAudio(nn.Module):
         runs once instead of n times (10 % of a guided FluxAudio-S call on CPU).
         """
         frames, sets = x.shape[1], _condition_sets(x, t, text, keep)
+        # On the shape, not on the positions' values: a data-dependent check would cost a
+        # device sync and a torch.compile graph break on every call.
+        if frames > self.audio_rope_cos.shape[0]:
+            raise ValueError(
+                f"latent of {frames} frames is longer than latent_seq_len "
+                f"({self.audio_rope_cos.shape[0]})"
+            )
         t = _repeated(t, sets)
         condition = (self.timestep_embedder(t) + self.condition_input(clap_text))[:, None]
         text_tokens = self.text_input(text)  # [batch, tokens, hidden]

@@ -133,3 +133,15 @@ def test_stacked_condition_sets_must_divide_the_batch(shipped_params: dict) -> N
     batch = fixed_batch(model.backbone.config.quality_levels)
     with pytest.raises(ValueError, match="multiple of x"):
         model.backbone(batch.latent[:3], torch.rand(3), batch.text, batch.clap_text)
+
+
+def test_the_backbone_compiles_as_one_graph(shipped_params: dict) -> None:
+    """`train.compile` pays only if Dynamo captures the backbone whole: a data-dependent check
+    (e.g. on the RoPE positions' values) would split it and sync the device on every call."""
+    model, _ = small_model(shipped_params, 0.0)
+    batch = fixed_batch(model.backbone.config.quality_levels)
+    t = torch.rand(batch.latent.shape[0], generator=torch.Generator().manual_seed(0))
+    explained = torch._dynamo.explain(model.backbone)(
+        batch.latent, t, batch.text, batch.clap_text, batch.quality_level
+    )
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
