@@ -106,3 +106,20 @@ def caption_table_problems(table: pd.DataFrame, columns: Sequence[str], where: s
                 f"(e.g. {', '.join(missing[:3])}); rerun the `captions` stage"
             )
     return problems
+
+
+def evaluation_prompt_problems(prompts: int, params: Params) -> list[str]:
+    """FAD needs two clips per set and the FAD-inf fit three, and the quality-level and
+    random-latent sets hold one clip per prompt: too few prompts fail after generation."""
+    needed = 3 if params.evaluate.fad_infinity else 2
+    if prompts >= needed:
+        return []
+    source = params.evaluate.prompts or (
+        "the corpus's eval_prompts.parquet, one per test track up to data.eval_prompt_count"
+    )
+    return [
+        f"evaluate has {prompts} prompt(s) ({source}), and its Fréchet distances need at least "
+        f"{needed} (FAD: 2 clips per set, FAD-inf (evaluate.fad_infinity): 3; the quality-level "
+        f"and random-latent sets hold one clip per prompt): raise data.test_fraction, give "
+        f"evaluate.prompts a longer list, or set evaluate.fad_infinity: false"
+    ]

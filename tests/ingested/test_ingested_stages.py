@@ -8,6 +8,7 @@ reach)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -24,13 +25,23 @@ from tasks.common.preflight import (
     calibration_problems,
     caption_column_problems,
     caption_table_problems,
+    evaluation_prompt_problems,
 )
+from tasks.common.tracking import stage_run
 from tasks.corpus import stage as corpus
 from tasks.curate import stage as curate
+from tasks.evaluate import stage as evaluate
 from tasks.latents import stage as latents
 from tasks.params import Params, merge
 from tasks.scorers import stage as scorers
-from tests.conftest import CURATED_OVERLAY, TINY_DATA, TINY_SCORERS, inside_workspace
+from tasks.train import stage as training
+from tests.conftest import (
+    CURATED_OVERLAY,
+    TINY_DATA,
+    TINY_SCORERS,
+    TINY_TRAINING,
+    inside_workspace,
+)
 from tests.corpus.test_ingest import source
 from tests.curate.test_curate import save_random_scorers
 
@@ -43,8 +54,11 @@ INGESTED_DATA = {
     "source": "ingest",
     "root": "corpus",
     "val_fraction": 0.25,
-    "test_fraction": 0.2,
+    "test_fraction": 0.3,
 }
+# The tiny training run on 4-s segments: the model generates 4 s, so the 6-s test tracks
+# serve as its reference; the fine-tune subset of 5 train tracks holds a few segments only.
+INGESTED_TRAINING = {"model": {"latent_seq_len": 100}, "finetune": {"optim": {"batch_size": 2}}}
 
 
 def melody(index: int, seconds: float = 6.0) -> np.ndarray:
@@ -83,7 +97,7 @@ def ingested_raw(shipped: dict, base: Path, overlay: dict | None = None) -> dict
     ingest = {"audio_root": str(root), "caption_sources": sources}
     data = {**INGESTED_DATA, "ingest": ingest}
     raw = merge(tiny, {**CURATED_OVERLAY, "data": data, "backends": backends})
-    raw = merge(raw, {"latents": {"segments_per_shard": 16, "batch_size": 4}})
+    raw = merge(merge(raw, TINY_TRAINING), INGESTED_TRAINING)
     return merge(raw, overlay or {})
 
 
@@ -97,7 +111,8 @@ def write_corpus(raw: dict, base: Path) -> Params:
 
 @pytest.fixture(scope="module")
 def workspace(shipped_params, tmp_path_factory) -> tuple[Path, Params, dict]:
-    """(folder, params, what each stage returned) after corpus, curate, captions, latents."""
+    """(folder, params, what each stage returned) after corpus, curate, captions, latents,
+    pretrain, finetune and evaluate."""
     base = tmp_path_factory.mktemp("ingested")
     params = write_corpus(ingested_raw(shipped_params, base), base)
     with inside_workspace(base):
@@ -105,7 +120,11 @@ def workspace(shipped_params, tmp_path_factory) -> tuple[Path, Params, dict]:
             "curate": curate.run(params),
             "captions": captions.run(params),
             "latents": latents.run(params),
+            "pretrain": training.run(params, "pretrain"),
+            "finetune": training.run(params, "finetune"),
         }
+        with stage_run(params, "evaluate"):
+            results["evaluate"] = evaluate.write_reports(evaluate.run(params), params)
     return base, params, results
 
 
@@ -143,7 +162,7 @@ def test_curation_report_says_what_is_not_measurable(workspace) -> None:
     assert "no recorded caption noise" in reasons["ground_truth"]
     text = (base / "reports/curation.md").read_text()
     assert text.count("not measurable on this data") == 2
-    assert "nan" not in text.lower().replace("nano", "")
+    assert not re.search(r"\bnan\b", text, re.IGNORECASE)
 
 
 def test_kept_tracks_without_a_dense_caption_use_their_holistic_one(workspace) -> None:
@@ -172,6 +191,18 @@ def test_latents_encode_every_kept_segment(workspace) -> None:
     assert results["latents"]["segments"] == len(table) == results["curate"]["kept"]
 
 
+def test_evaluation_says_attribute_accuracies_are_not_measurable(workspace) -> None:
+    base, _, results = workspace
+    reasons = results["evaluate"]["not_measurable"]
+    assert set(reasons) == {f"{a}_accuracy" for a in ("genre", "instruments", "tempo", "mode")}
+    assert reasons["genre_accuracy"] == "not measurable on this data: no prompt states a genre"
+    assert results["evaluate"]["prompts"] == 3
+    assert np.isfinite(results["evaluate"]["generated"]["fad_clap"]["value"])
+    text = (base / "reports/evaluation.md").read_text()
+    assert "genre_accuracy: not measurable on this data: no prompt states a genre." in text
+    assert not re.search(r"\bnan\b", text, re.IGNORECASE)
+
+
 # --------------------------------------------------------------------------- pre-flight
 def test_scorers_refuse_the_embedded_quality_backend_before_training(
     shipped_params, tmp_path, monkeypatch
@@ -188,7 +219,7 @@ def test_scorers_refuse_the_embedded_quality_backend_before_training(
     message = str(raised.value)
     assert "backends.quality.name = embedded" in message
     assert "backends.quality.name: pmos" in message
-    assert f"{len(TRACKS) - 4} of {len(TRACKS) - 4} train tracks" in message
+    assert f"{len(TRACKS) - 5} of {len(TRACKS) - 5} train tracks" in message
     assert time.perf_counter() - started < 10.0
     assert not (tmp_path / "artifacts").exists()
 
@@ -223,6 +254,11 @@ def test_caption_column_and_calibration_checks(tiny_params) -> None:
     assert caption_column_problems(tracks, "caption_dense", "captions.refine_column") == []
     (problem,) = caption_column_problems(tracks, "prompt_concise", "curate.caption_column")
     assert problem.startswith("curate.caption_column = prompt_concise")
+    (problem,) = evaluation_prompt_problems(2, tiny_params)
+    assert (
+        problem.startswith("evaluate has 2 prompt(s)") and "evaluate.fad_infinity: false" in problem
+    )
+    assert evaluation_prompt_problems(3, tiny_params) == []
     # holistic exists on train only: quantile thresholds have no val score to calibrate on
     (problem,) = calibration_problems(tracks, tiny_params)
     assert "none of this corpus's 2 val track(s) has a caption_holistic" in problem
