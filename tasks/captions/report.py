@@ -179,6 +179,7 @@ def summarize(run: CaptionRun, tables: dict[str, pd.DataFrame], params: Params) 
         "rewritten_by_selected_backend": int((table["rewrite_backend"] == llm).sum()),
         "rewrite_fallbacks": int(table["rewrite_fallback"].notna().sum()),
         "merge_fallbacks": int(table["merge_fallback"].notna().sum()),
+        "caption_style_fallbacks": value_counts(table["caption_style_fallback"]),
         "clap": {
             kind: float(table[f"clap_{kind}"].mean())
             for kind in ("original", "generated", "refined", "inference")
@@ -216,7 +217,13 @@ def markdown(summary: dict, tables: dict[str, pd.DataFrame], params: Params) -> 
         markdown_table(tables["fallbacks"]) if len(tables["fallbacks"]) else "",
         "## CLAP text-audio similarity, before and after",
         markdown_table(tables["similarity"]),
+        style_fallback_line(summary["caption_style_fallbacks"]),
     ]
+    if "attributes" not in tables:
+        parts.append(
+            "## Ground truth\n\nAttribute accuracy: not measurable on this data: no recorded "
+            "genre or caption noise (an ingested corpus)."
+        )
     if "attributes" in tables:
         parts += [
             "## Ground truth: attribute accuracy of the captions",
@@ -228,6 +235,14 @@ def markdown(summary: dict, tables: dict[str, pd.DataFrame], params: Params) -> 
             markdown_table(tables["examples"]),
         ]
     return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def style_fallback_line(counts: dict[str, int]) -> str:
+    """Segments whose track lacked a caption style, and what stands in for it."""
+    if not counts:
+        return ""
+    listed = ", ".join(f"{n} segments `{note}`" for note, n in counts.items())
+    return f"## Missing caption styles\n\nFilled from the track's other style: {listed}."
 
 
 def write_reports(

@@ -44,6 +44,7 @@ from tasks.captions.report import write_reports
 from tasks.common import schema
 from tasks.common.atomic import write_parquet
 from tasks.common.audio_io import segment_windows
+from tasks.common.preflight import caption_column_problems, present, require
 from tasks.common.reporting import log_report
 from tasks.common.schema import CAPTION_COLUMNS, SEGMENT_COLUMNS, corpus_sample_rate
 from tasks.common.score_cache import CachedScorer, ScoreCache, backend_identity
@@ -75,19 +76,50 @@ class CachedClap:
 
 
 # --------------------------------------------------------------------------- inputs
-def kept_segments(segments: pd.DataFrame, tracks: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Kept segments in (track, start) order with both caption styles and the original."""
+# Stand-ins for a caption style the track lacks, in order of preference. Ingest keeps a file
+# with at least one style and curate checks only `curate.caption_column`, so a kept track
+# may lack one. The fallback lives here, not in `latents`: this stage writes the one table
+# every later stage reads its captions from, with their provenance (`caption_style_fallback`
+# beside merge_backend / rewrite_backend), and refinement (captions.refine_column) needs the
+# caption before latents ever runs; `latents` only checks that every caption is there.
+STYLE_STAND_INS = {
+    "caption_holistic": ("caption_dense", "prompt_concise"),
+    "caption_dense": ("caption_holistic", "prompt_concise"),
+}
+
+
+def fill_missing_styles(kept: pd.DataFrame) -> pd.DataFrame:
+    """Each missing caption style takes the first recorded stand-in, said in
+    `caption_style_fallback`; a segment with no caption of any style is an error."""
+    out = kept.reset_index(drop=True)
+    notes: list[list[str]] = [[] for _ in range(len(out))]
+    recorded = {c: present(out[c]) for c in ("caption_holistic", "caption_dense", "prompt_concise")}
+    for column, stand_ins in STYLE_STAND_INS.items():
+        for stand_in in stand_ins:
+            use = ~present(out[column]) & recorded[stand_in]
+            out.loc[use, column] = out.loc[use, stand_in]
+            for row in np.flatnonzero(use.to_numpy()):
+                notes[row].append(f"{column} from {stand_in}")
+        unfilled = ~present(out[column])
+        if unfilled.any():
+            tracks = sorted(set(out.loc[unfilled, "track_id"].astype(str)))
+            raise ValueError(
+                f"tracks {tracks[:5]} have no caption of any style; curate should have "
+                f"rejected them (curate.caption_column)"
+            )
+    out["caption_style_fallback"] = pd.array(
+        [" and ".join(n) if n else pd.NA for n in notes], dtype="string"
+    )
+    return out.drop(columns=["prompt_concise"])
+
+
+def kept_segments(segments: pd.DataFrame, tracks: pd.DataFrame) -> pd.DataFrame:
+    """Kept segments in (track, start) order with both caption styles, filled where missing."""
     schema.check_columns(segments, SEGMENT_COLUMNS, "segments.parquet")
     kept = segments[segments["kept"]].sort_values(["track_id", "candidate_index"])
-    captions = tracks[["track_id", "caption_holistic", "caption_dense"]]
+    captions = tracks[["track_id", "caption_holistic", "caption_dense", "prompt_concise"]]
     kept = kept.merge(captions, on="track_id", how="left", validate="many_to_one")
-    missing = kept[column].isna() | (kept[column].astype(str).str.strip() == "")
-    if missing.any():
-        raise ValueError(
-            f"{int(missing.sum())} kept segments have no {column} "
-            f"(captions.refine_column); curate should have rejected their tracks"
-        )
-    return kept.reset_index(drop=True)
+    return fill_missing_styles(kept).reset_index(drop=True)
 
 
 def few_shot_pool(tracks: pd.DataFrame, eval_prompts: pd.DataFrame) -> tuple[list[str], str]:
@@ -213,6 +245,7 @@ def caption_segments(
             "finetune": finetune,
             "caption_holistic": kept["caption_holistic"],
             "caption_dense": kept["caption_dense"],
+            "caption_style_fallback": kept["caption_style_fallback"],
             "caption_generated": generated,
             "caption_refined": refined,
             "caption_inference": inference,
@@ -241,8 +274,12 @@ def run(params: Params) -> dict:
     corpus_root = Path(params.data.root)
     tracks = pd.read_parquet(corpus_root / "tracks.parquet")
     eval_prompts = pd.read_parquet(corpus_root / "eval_prompts.parquet")
+    require(
+        caption_column_problems(tracks, params.captions.refine_column, "captions.refine_column"),
+        "captions",
+    )
     segments = pd.read_parquet(Path("data/curated/segments.parquet"))
-    kept = kept_segments(segments, tracks, params.captions.refine_column)
+    kept = kept_segments(segments, tracks)
     with stage_run(params, "captions"):
         clap = load_clap(params.backends.clap)
         rewriter = load_rewriter(params.backends.rewriter, params.captions, params.seed)

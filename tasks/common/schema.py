@@ -107,6 +107,9 @@ CAPTION_COLUMNS: dict[str, str] = {
     "finetune": "bool",  # in the fine-tune subset (paper 000 §II-B stage 2)
     "caption_holistic": "string",  # pretraining caption, Qwen style (as recorded)
     "caption_dense": "string",  # pretraining caption, MusicFlamingo style (as recorded)
+    # where a style was not recorded for the track, whose text stands in for it, e.g.
+    # "caption_dense from caption_holistic"; NA when both styles are as recorded
+    "caption_style_fallback": "string",
     "caption_generated": "string",  # the captioner's caption (003 §4.3 step 1)
     "caption_refined": "string",  # after filter / discard / merge (003 §4.3)
     "caption_inference": "string",  # the refined caption in the concise style (000 §II-B)

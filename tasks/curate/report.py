@@ -268,8 +268,11 @@ def summarize(
         },
         "quality_levels": value_counts(kept["quality_level"].astype("Int64")),
         "quality_prefixes": value_counts(kept["quality_prefix"]),
-        "level_accuracy": float((known["quality_level"] == known["recorded_level"]).mean()),
+        "level_accuracy": float((known["quality_level"] == known["recorded_level"]).mean())
+        if len(known)
+        else None,
         "ground_truth": None,
+        "not_measurable": not_measurable(known, tables),
     }
     if "noise" in tables:
         summary["ground_truth"] = {
@@ -279,6 +282,24 @@ def summarize(
             "clean_by_quality": nested_records(tables["clean_by_quality"], ["recorded_level"]),
         }
     return json_safe(summary)
+
+
+NOT_MEASURABLE = "not measurable on this data"
+
+
+def not_measurable(known_levels: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> dict[str, str]:
+    """The figures that need ground truth this corpus lacks (an ingested one), and why."""
+    reasons = {}
+    if known_levels.empty:
+        reasons["level_accuracy"] = (
+            f"{NOT_MEASURABLE}: no kept segment's track has a recorded quality level"
+        )
+    if "noise" not in tables:
+        reasons["ground_truth"] = (
+            f"{NOT_MEASURABLE}: no recorded caption noise (caption_noise is not one of "
+            f"{', '.join(NOISE_KINDS)} on any track), so the filter cannot be checked against it"
+        )
+    return reasons
 
 
 # --------------------------------------------------------------------------- markdown
@@ -310,8 +331,12 @@ def markdown(summary: dict, tables: dict[str, pd.DataFrame], params: Params) -> 
         "## Quality levels (paper 003 §4.1)",
         f"μ = {pmos['mean_used']:.3f}, σ = {pmos['std_used']:.3f} used; fitted on kept train "
         f"p-MOS: μ = {_f(pmos['mean_fitted_train_kept'])}, "
-        f"σ = {_f(pmos['std_fitted_train_kept'])}. Level accuracy vs recorded level "
-        f"{_f(summary['level_accuracy'])}. Rows: predicted level, columns: recorded level.",
+        f"σ = {_f(pmos['std_fitted_train_kept'])}. Level accuracy vs recorded level: "
+        + (
+            f"{_f(summary['level_accuracy'])}. Rows: predicted level, columns: recorded level."
+            if summary["level_accuracy"] is not None
+            else f"{summary['not_measurable']['level_accuracy']}. Rows: predicted level."
+        ),
         markdown_table(tables["quality_levels"]) if len(tables["quality_levels"]) else "",
     ]
     if summary["ground_truth"]:
@@ -332,11 +357,17 @@ def markdown(summary: dict, tables: dict[str, pd.DataFrame], params: Params) -> 
             + ", ".join(f"{k} {_f(v)}" for k, v in split.items())
             + ".",
         ]
+    else:
+        parts.append(
+            "## Ground truth: does the filter drop wrong captions?\n\n"
+            f"{summary['not_measurable']['ground_truth']}."
+        )
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
 def _f(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
+    """A figure, or "–" where there is none (no member of the group: never "nan")."""
+    return "–" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
 # --------------------------------------------------------------------------- writing

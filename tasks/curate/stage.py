@@ -28,6 +28,7 @@ from tasks.backends.quality import load_quality
 from tasks.common import schema
 from tasks.common.atomic import write_parquet
 from tasks.common.audio_io import AudioRejected, dbfs, read_audio, segment_windows
+from tasks.common.preflight import calibration_problems, caption_column_problems, require
 from tasks.common.quality_levels import fitted_moments, moments, quality_level, quality_prefix
 from tasks.common.reporting import log_report
 from tasks.common.schema import SEGMENT_COLUMNS
@@ -229,6 +230,13 @@ def run(params: Params) -> dict:
     corpus_root = Path(params.data.root)
     tracks = pd.read_parquet(corpus_root / "tracks.parquet")
     schema.check_columns(tracks, schema.TRACK_COLUMNS, "tracks.parquet")
+    require(
+        [
+            *caption_column_problems(tracks, params.curate.caption_column, "curate.caption_column"),
+            *calibration_problems(tracks, params),
+        ],
+        "curate",
+    )
     with stage_run(params, "curate"):
         with ScoreCache(Path(params.curate.cache_dir)) as cache:
             curation = curate_segments(tracks, corpus_root, params, load_scorers(params, cache))

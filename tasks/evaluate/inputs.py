@@ -147,7 +147,14 @@ def read_reference(
                 }
             )
     if not clips:
-        raise ValueError(f"evaluate.reference_audio: no usable reference clip in {source}")
+        reasons = pd.Series([r["reason"] for r in rejected]).value_counts().to_dict()
+        raise ValueError(
+            f"evaluate.reference_audio: no usable reference clip in {source} "
+            f"({len(files)} file(s), rejected {reasons}); the model generates {seconds:g} s "
+            f"(model.latent_seq_len / the codec's frame rate): reference clips need at least "
+            f"that much decodable, non-silent audio (evaluate.reference_audio, or the corpus's "
+            f"test tracks when it is null)"
+        )
     return ReferenceSet(np.stack(clips).astype(np.float32), ids, source, rejected)
 
 

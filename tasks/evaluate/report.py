@@ -63,9 +63,23 @@ def fmt(ci: BootstrapCI | None) -> str:
     return f"{ci.estimate:.3f} [{ci.low:.3f}, {ci.high:.3f}]"
 
 
+ATTRIBUTE_ACCURACIES = ("genre", "instruments", "tempo", "mode")
+
+
+def unmeasured_attributes(result: EvaluationResult) -> dict[str, str]:
+    """Attribute accuracies no set has: no prompt states the attribute (an ingested corpus's
+    prompts are its captions, with no recorded genre, instruments, tempo or key)."""
+    return {
+        f"{name}_accuracy": f"not measurable on this data: no prompt states a {name}"
+        for name in ATTRIBUTE_ACCURACIES
+        if all(f"{name}_accuracy" not in metrics for metrics in result.metrics.values())
+    }
+
+
 def metrics_json(result: EvaluationResult, params: Params) -> dict:
     generated = result.audio["generated"]
     return {
+        "not_measurable": unmeasured_attributes(result),
         "prompts": len(result.prompts.table),
         "generations_per_prompt": params.evaluate.generations_per_prompt,
         "generated_clips": len(generated.audio),
@@ -215,6 +229,7 @@ def markdown(result: EvaluationResult, params: Params, tables: dict[str, pd.Data
         "measure; n = the prompts an accuracy is over (those whose prompt states the attribute "
         "and, for mode, with a measurable clip). The reference row is the same measurement on "
         "the real audio: the analysers' own ceiling.",
+        *(f"\n{key}: {why}." for key, why in unmeasured_attributes(result).items()),
     ]
     if len(tables["quality_curve"]):
         lines += [

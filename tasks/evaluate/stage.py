@@ -32,6 +32,7 @@ from tasks.backends.frame_teacher import load_frame_teacher
 from tasks.backends.quality import load_quality
 from tasks.backends.text_encoder import load_text_encoder
 from tasks.common.generation import PromptEncoders
+from tasks.common.preflight import evaluation_prompt_problems, require
 from tasks.common.text_conditioning import TORCH_DTYPES
 from tasks.common.tracking import stage_run
 from tasks.evaluate.generated import GeneratedSet, generate_set, random_latent_set
@@ -128,6 +129,8 @@ def curve_sets(generated: GeneratedSet, params: Params, generate) -> dict[int, G
 
 def run(params: Params) -> EvaluationResult:
     e = params.evaluate
+    prompt_set = load_prompts(params)
+    require(evaluation_prompt_problems(len(prompt_set.prompts), params), "evaluate")
     backbone = load_backbone(Path(e.checkpoint))
     has_quality = backbone.quality_embedding is not None or params.quality.use_prefix
     check_levels(params, backbone.config.quality_levels)
@@ -143,7 +146,7 @@ def run(params: Params) -> EvaluationResult:
         e.batch_size,
     )
     context = Context(
-        load_prompts(params),
+        prompt_set,
         load_reference(params, codec.sample_rate, seconds),
         scorers,
         codec.sample_rate,

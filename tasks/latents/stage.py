@@ -42,6 +42,7 @@ from tasks.backends.text_encoder import load_text_encoder
 from tasks.common import schema
 from tasks.common.atomic import write_parquet
 from tasks.common.audio_io import segment_windows
+from tasks.common.preflight import caption_table_problems, require
 from tasks.common.schema import CAPTION_COLUMNS, corpus_sample_rate
 from tasks.common.score_cache import CachedScorer, ScoreCache, backend_identity
 from tasks.common.text_conditioning import FINETUNE_COLUMN, TORCH_DTYPES, encoder_input
@@ -198,6 +199,9 @@ def build_cache(params: Params, inputs: dict[str, Path]) -> dict:
     tracks = pd.read_parquet(inputs["tracks"])
     captions = pd.read_parquet(inputs["captions"])
     schema.check_columns(captions, CAPTION_COLUMNS, "captions.parquet")
+    # the text encoder would fail on a missing caption without naming it: say which, first
+    columns = caption_columns(params)
+    require(caption_table_problems(captions, columns, "captions.parquet"), "latents")
     table = segment_table(pd.read_parquet(inputs["segments"]), captions)
     texts, table = text_table(table, params)
     resumed = store.prepare(root, fingerprint(params, list(inputs.values())))

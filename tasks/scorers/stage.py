@@ -42,6 +42,12 @@ from tasks.backends.text_encoder import load_minilm, load_text_encoder
 from tasks.common import schema
 from tasks.common.atomic import write_json
 from tasks.common.audio_io import read_audio
+from tasks.common.preflight import (
+    caption_column_problems,
+    present,
+    quality_backend_problems,
+    require,
+)
 from tasks.common.quality_levels import level_centre, quality_level
 from tasks.common.rank_metrics import recall_at_k, roc_auc, spearman
 from tasks.common.tracking import stage_run
@@ -120,13 +126,9 @@ def train_embedded_clap(params: Params, pairs: Pairs, log: CurveLog) -> TinyClap
 
 
 def quality_targets(levels: list[int], params: Params) -> np.ndarray:
+    """Bin centres on the p-MOS scale; `preflight` checked that the scale is set."""
     q = params.quality
-    if q.levels != 5 or q.pmos_mean is None or q.pmos_std is None:
-        raise SystemExit(
-            "error: the embedded quality regressor learns the corpus's 5 degradation levels on "
-            "the p-MOS scale of quality.pmos_mean / pmos_std: set quality.levels = 5 and both "
-            "numbers, or select a real predictor (backends.quality.name: pmos)"
-        )
+    assert q.pmos_mean is not None and q.pmos_std is not None
     return np.array([level_centre(v, q.pmos_mean, q.pmos_std, q.level_edges_std) for v in levels])
 
 
@@ -135,12 +137,7 @@ def train_embedded_quality(
 ) -> QualityRegressor:
     """Recorded train levels + degraded copies of clean train tracks, and the pretraining
     pool with its levels + one degraded copy of each clean clip: every genre seen clean."""
-    recorded = train.tracks["quality_level"]
-    if recorded.isna().any():
-        raise SystemExit(
-            "error: backends.quality.name = embedded needs recorded quality levels (the "
-            "embedded corpus); this corpus has none: select backends.quality.name: pmos"
-        )
+    recorded = train.tracks["quality_level"]  # all recorded: `preflight` checked
     clean = [w for w, level in zip(train.waveforms, recorded, strict=True) if level == 5]
     kinds = params.data.degradation.kinds
     degrader = make_degrader(params.data.degradation, params.scorers.sample_rate)
@@ -179,13 +176,19 @@ def batched(function, items: list, size: int) -> np.ndarray:
 
 
 def clap_reach(clap, val: Split, clips: list, owners: np.ndarray, params: Params) -> dict:
+    captions = val.tracks[params.curate.caption_column]
+    noise = val.tracks["caption_noise"].to_numpy()
+    correct = (noise == "clean") & present(captions).to_numpy()
+    clean = np.intersect1d(np.flatnonzero(correct), owners)
+    if len(clean) < 2:
+        return {
+            "note": f"not measurable on this data: {len(clean)} scorable val track(s) with a "
+            "caption recorded as correct (caption_noise 'clean'); an ingested corpus has none"
+        }
     rate = params.scorers.sample_rate
     audio = batched(lambda c: clap.embed_audio(c, rate), clips, params.curate.batch_size)
-    text = clap.embed_text(val.tracks[params.curate.caption_column].tolist())
-    noise = val.tracks["caption_noise"].to_numpy()
-    clean = np.intersect1d(np.flatnonzero(noise == "clean"), owners)
-    if len(clean) < 2:
-        return {"note": f"{len(clean)} scorable val track(s) with a correct caption: too few"}
+    # a track without the caption is never a retrieval query nor a positive (not `correct`)
+    text = clap.embed_text(captions.fillna("").tolist())
     scores = audio @ text.T  # [windows, tracks]
     per_track = np.stack([audio[owners == i].mean(0) for i in clean])
     similarity = text[clean] @ per_track.T  # text queries x audio gallery
@@ -239,7 +242,10 @@ def quality_reach(quality, val: Split, clips: list, owners: np.ndarray, params: 
     p-MOS = mean over its windows), per window, and on the balanced set."""
     levels = val.tracks["quality_level"].to_numpy()[owners]
     if pd.isna(levels).any():
-        return {"spearman": None, "note": "no recorded quality levels on this corpus"}
+        return {
+            "spearman": None,
+            "note": "not measurable on this data: no recorded quality levels on this corpus",
+        }
     if len(np.unique(owners)) < 3:
         return {"spearman": None, "note": "fewer than 3 scorable val tracks"}
     rate = params.scorers.sample_rate
@@ -302,12 +308,26 @@ def check_real_backends(params: Params) -> dict:
     return identity
 
 
+def preflight(tracks: pd.DataFrame, params: Params) -> None:
+    """Before minutes of training: the quality backend can learn from this corpus, and the
+    val split's reach figures have the caption they score (tasks/common/preflight.py)."""
+    column = params.curate.caption_column
+    require(
+        [
+            *quality_backend_problems(tracks, params),
+            *caption_column_problems(tracks, column, "curate.caption_column"),
+        ],
+        "scorers",
+    )
+
+
 def main() -> None:
     params = load_stage_params()
     backends = params.backends
     corpus_root = Path(params.data.root)
     tracks = pd.read_parquet(corpus_root / "tracks.parquet")
     schema.check_columns(tracks, schema.TRACK_COLUMNS, "tracks.parquet")
+    preflight(tracks, params)
     rate = params.scorers.sample_rate
     with stage_run(params, "scorers"):
         log = CurveLog()

@@ -31,7 +31,11 @@ class BatchPlan:
     ) -> None:
         self.batches_per_epoch = size // batch_size
         if self.batches_per_epoch == 0:
-            raise ValueError(f"optim.batch_size {batch_size} exceeds the {size} training samples")
+            section = "train" if stage == "pretrain" else stage  # params.yaml's key
+            raise ValueError(
+                f"{section}.optim.batch_size {batch_size} exceeds the {size} {stage} samples "
+                f"(fine-tuning reads the captions.finetune_fraction subset of the train split)"
+            )
         self.size, self.batch_size, self.seed, self.stage = size, batch_size, seed, stage
         self.weights = weights
 

@@ -64,6 +64,12 @@ def test_batch_plan_is_a_function_of_the_step() -> None:
     assert [b for _, bs in other.epochs(0, 9) for b in bs] != whole
 
 
+@pytest.mark.parametrize(("stage", "key"), [("pretrain", "train"), ("finetune", "finetune")])
+def test_a_batch_larger_than_the_data_names_the_stage_key(stage: str, key: str) -> None:
+    with pytest.raises(ValueError, match=rf"^{key}\.optim\.batch_size 4 exceeds the 2 {stage}"):
+        BatchPlan(size=2, batch_size=4, seed=0, stage=stage, weights=None)
+
+
 def test_quality_resampling_follows_the_reference_acceptance() -> None:
     """docs/reference.md §C.3: exp(5·mos)/623787092.85, ≈ 1 at mos 4.07, 0.29 at 3.8."""
     accept = quality_acceptance(np.array([3.4, 3.8, 4.07, 4.5, np.nan]))
