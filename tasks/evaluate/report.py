@@ -15,6 +15,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import soundfile as sf
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from tasks.common.atomic import atomic_path
 from tasks.common.reporting import Report, json_safe, log_report, markdown_table
@@ -23,18 +24,14 @@ from tasks.evaluate.generated import GeneratedSet
 from tasks.evaluate.inputs import PromptSet, ReferenceSet
 from tasks.evaluate.listening_page import Clip, PromptEntry, render_page, write_page
 from tasks.evaluate.metrics.bootstrap import BootstrapCI
+from tasks.evaluate.sanity import SanityFlag, markdown_lines, run_description, sanity_flags
 from tasks.evaluate.scoring import TagVocabulary, predicted_genres
-from tasks.evaluate.summary import LOWER_IS_BETTER, ScoredSet, interval_record
+from tasks.evaluate.summary import LOWER_IS_BETTER, SET_LABELS, ScoredSet, interval_record
 from tasks.params import Params
 
 REPORTS = Path("reports")
 FOLDER = REPORTS / "evaluate"
 LISTENING = REPORTS / "listening"
-SET_LABELS = {
-    "generated": "generated",
-    "reference": "reference audio (ceiling)",
-    "random_latents": "decoded random latents (floor)",
-}
 CCS_NOTE = (
     "CCS (Concept Coverage Score) is not reported: the ATTM challenge calls it a 'novel "
     "Concept Coverage Score' (arXiv 2605.21538, abstract), but its definition is not in the "
@@ -76,9 +73,11 @@ def unmeasured_attributes(result: EvaluationResult) -> dict[str, str]:
     }
 
 
-def metrics_json(result: EvaluationResult, params: Params) -> dict:
+def metrics_json(result: EvaluationResult, params: Params, flags: list[SanityFlag]) -> dict:
     generated = result.audio["generated"]
     return {
+        "sanity_flag_count": len(flags),  # a number, so `dvc metrics diff` shows it
+        "sanity_flags": [flag.record() for flag in flags],
         "not_measurable": unmeasured_attributes(result),
         "prompts": len(result.prompts.table),
         "generations_per_prompt": params.evaluate.generations_per_prompt,
@@ -186,12 +185,19 @@ def paper_tables(result: EvaluationResult, params: Params) -> dict[str, pd.DataF
     }
 
 
-def markdown(result: EvaluationResult, params: Params, tables: dict[str, pd.DataFrame]) -> str:
+def markdown(
+    result: EvaluationResult,
+    params: Params,
+    tables: dict[str, pd.DataFrame],
+    flags: list[SanityFlag],
+) -> str:
     e = params.evaluate
     n = len(result.audio["generated"].audio)
     m = len(result.reference.clips)
     lines = [
         "# Evaluation",
+        "",
+        *markdown_lines(flags),
         "",
         f"Model `{e.checkpoint}`, {len(result.prompts.table)} prompts from "
         f"`{result.prompts.source}` x {e.generations_per_prompt} seeded generations = N = {n} "
@@ -332,10 +338,11 @@ def listening_entries(result: EvaluationResult, clips: pd.DataFrame) -> list[Pro
     return entries
 
 
-def listening_page(result: EvaluationResult, clips: pd.DataFrame) -> Path:
+def listening_page(result: EvaluationResult, clips: pd.DataFrame, flags: list[SanityFlag]) -> Path:
     gen = result.metrics["generated"]
     summary = [(metric, fmt(ci)) for metric, ci in gen.items()]
     notes = [
+        *(f"Sanity flag ({flag.check}): {flag.message}" for flag in flags),
         f"{len(result.audio['generated'].audio)} generated clips for "
         f"{len(result.prompts.table)} prompts; intervals are bootstrap intervals over prompts.",
         CCS_NOTE,
@@ -347,15 +354,27 @@ def listening_page(result: EvaluationResult, clips: pd.DataFrame) -> Path:
 
 
 # --------------------------------------------------------------------------- stage output
+def tag_run(flags: list[SanityFlag]) -> None:
+    """The active MLflow run carries the flags where the runs table shows them: a
+    `sanity_flags` tag (their count, filterable: tags.sanity_flags != '0'), the checks
+    that fired, and the run's description (the UI's note) with every flag's numbers."""
+    mlflow.set_tag("sanity_flags", str(len(flags)))
+    if flags:
+        checks = sorted({flag.check for flag in flags})
+        mlflow.set_tag("sanity_checks", ", ".join(checks))
+        mlflow.set_tag("mlflow.note.content", run_description(flags, MAX_TAG_VAL_LENGTH))
+
+
 def write_reports(result: EvaluationResult, params: Params) -> dict:
     """Every report file, then the same in the active MLflow run; returns metrics.json."""
     FOLDER.mkdir(parents=True, exist_ok=True)
-    summary = json_safe(metrics_json(result, params))
+    flags = sanity_flags(result.metrics, params.evaluate.min_prompts_for_rates)
+    summary = json_safe(metrics_json(result, params, flags))
     with atomic_path(REPORTS / "metrics.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     tables = paper_tables(result, params)
     with atomic_path(REPORTS / "evaluation.md") as tmp:
-        tmp.write_text(markdown(result, params, tables))
+        tmp.write_text(markdown(result, params, tables, flags))
     clips = clip_table(result)
     long = metrics_table(result)
     for name, table in {"clips": clips, "metrics": long}.items():
@@ -371,7 +390,8 @@ def write_reports(result: EvaluationResult, params: Params) -> dict:
     )
     if result.curve:
         artifacts += eval_plots.quality_curve(result.curve, FOLDER / "quality_curve")
-    page = listening_page(result, clips)
+    page = listening_page(result, clips, flags)
     log_report(Report(summary, {"clips": clips, "metrics": long, **tables}, artifacts), "tables")
     mlflow.log_artifacts(str(page.parent), artifact_path=str(page.parent))
+    tag_run(flags)
     return summary

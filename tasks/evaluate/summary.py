@@ -9,7 +9,8 @@ Metrics (paper 000 §III-B: CLAP score and FAD over CLAP embeddings; paper 003 �
 IS as audioldm_eval computes them, p-MOS):
 - clap_score: cosine of each clip's CLAP audio embedding with its prompt's CLAP text embedding
   (paper 003 §6.3: the prompt without the quality prefix), averaged per prompt; and
-  clap_score_wrong_prompt, the same against the next prompt's text: the control it must beat;
+  clap_score_wrong_prompt, the same against another prompt's text (a seeded derangement of
+  the prompts): the control it must beat (tasks/evaluate/sanity.py flags it when it doesn't);
 - fad_clap / fad_teacher: FAD against all reference windows over CLAP audio embeddings and
   over the frame teacher's time-pooled features; FAD is biased at small N, so N and M are
   reported next to it and fad_clap_infinity extrapolates N -> infinity (Gui et al. 2024);
@@ -35,6 +36,17 @@ from tasks.evaluate.metrics.frechet import FrechetToReference, fad_infinity_fit
 from tasks.evaluate.scoring import ClipScores
 
 LOWER_IS_BETTER = frozenset({"fad_clap", "fad_teacher", "fad_clap_infinity", "kl"})
+# The sets every evaluation scores: the model's clips, the frame of every number around them.
+MODEL = "generated"
+CEILING = "reference"
+FLOOR = "random_latents"
+SET_LABELS = {
+    MODEL: "generated",
+    CEILING: "reference audio (ceiling)",
+    FLOOR: "decoded random latents (floor)",
+}
+# Controls, not quality: a higher wrong-prompt CLAP score is not a better system.
+CONTROLS = frozenset({"clap_score_wrong_prompt"})
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,19 @@ class Reference:
     paired_row: np.ndarray  # [P]
 
 
+def derangement(n_items: int, seed: int) -> np.ndarray:
+    """A seeded permutation of range(n_items) that moves every item: each prompt's wrong
+    prompt for the CLAP control. Drawn at random rather than the next prompt in the file,
+    whose neighbours often share a genre; rejection sampling needs e ~ 2.7 draws on average."""
+    if n_items < 2:
+        raise ValueError(f"a derangement needs at least 2 items, got {n_items}")
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(n_items)
+        if not np.any(order == np.arange(n_items)):
+            return order
+
+
 def per_prompt(values: np.ndarray, prompt_index: np.ndarray) -> np.ndarray:
     """Mean over each prompt's finite values; prompts with none are dropped."""
     prompts = np.unique(prompt_index)
@@ -90,6 +115,10 @@ class Summariser:
         self.reference = reference
         self.settings = settings
         self.fad_infinity = fad_infinity
+        # One prompt cannot be scored against another: then the control is not computed.
+        self.wrong_prompt = (
+            derangement(len(text_embeddings), settings.seed) if len(text_embeddings) > 1 else None
+        )
         self.distances = {
             "fad_clap": FrechetToReference(reference.scores.clap_audio),
             "fad_teacher": FrechetToReference(reference.scores.teacher),
@@ -106,10 +135,14 @@ class Summariser:
             lambda idx: function(np.concatenate([rows[i] for i in idx])), len(prompts)
         )
 
-    def clap_scores(self, scored: ScoredSet, shift: int = 0) -> np.ndarray:
-        """Per clip CLAP score against its prompt, or (shift > 0) against the prompt `shift`
-        places further on: a wrong caption, the control every CLAP score should beat."""
-        prompts = (scored.prompt_index + shift) % len(self.text)
+    def clap_scores(self, scored: ScoredSet) -> np.ndarray:
+        """Per clip CLAP score against its own prompt."""
+        return paired_cosine(scored.scores.clap_audio, self.text[scored.prompt_index])
+
+    def wrong_prompt_clap_scores(self, scored: ScoredSet, wrong_prompt: np.ndarray) -> np.ndarray:
+        """Per clip CLAP score against its prompt's wrong prompt (`wrong_prompt[p]`, another
+        prompt): the control every CLAP score should beat."""
+        prompts = wrong_prompt[scored.prompt_index]
         return paired_cosine(scored.scores.clap_audio, self.text[prompts])
 
     def paired_kl(self, scored: ScoredSet) -> np.ndarray:
@@ -130,9 +163,11 @@ class Summariser:
         against itself say nothing)."""
         mean = self.settings.mean
         index = scored.prompt_index
-        result = {
-            "clap_score": mean(per_prompt(self.clap_scores(scored), index)),
-            "clap_score_wrong_prompt": mean(per_prompt(self.clap_scores(scored, 1), index)),
+        result = {"clap_score": mean(per_prompt(self.clap_scores(scored), index))}
+        if self.wrong_prompt is not None:
+            wrong = self.wrong_prompt_clap_scores(scored, self.wrong_prompt)
+            result["clap_score_wrong_prompt"] = mean(per_prompt(wrong, index))
+        result |= {
             "pmos": mean(per_prompt(scored.scores.pmos.astype(np.float64), index)),
             "inception_score": self._set_statistic(
                 scored,

@@ -32,6 +32,7 @@ class EvaluateParams(Section):
     bootstrap_resamples: PositiveInt
     tag_temperature: Annotated[float, Field(gt=0.0)]  # zero-shot tags: softmax(cos / T)
     beta_density_scores: list[Annotated[float, Field(ge=0.0, le=1.0)]]  # paper 000 Fig. 2
+    min_prompts_for_rates: PositiveInt  # an accuracy over fewer prompts is flagged as thin
 
     @field_validator("quality_levels")
     @classmethod

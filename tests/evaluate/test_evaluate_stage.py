@@ -112,8 +112,9 @@ def test_evaluate_writes_every_report_and_reproduces_them(trained_workspace, tmp
             result = evaluate.run(params)
             import mlflow
 
-            with mlflow.start_run():
+            with mlflow.start_run() as run:
                 summary = write_reports(result, params)
+            run_tags = mlflow.get_run(run.info.run_id).data.tags
         reports = root / "reports"
         outputs[attempt] = {
             path.relative_to(reports): path.read_bytes()
@@ -143,6 +144,15 @@ def test_evaluate_writes_every_report_and_reproduces_them(trained_workspace, tmp
     reports = tmp_path / "first/reports"
     markdown = (reports / "evaluation.md").read_text()
     assert "Concept Coverage Score" in markdown and "Table I" in markdown
+    # The tiny set's 5 prompts < evaluate.min_prompts_for_rates: its accuracies are flagged as
+    # thin, with their numbers, at the top of the report and on the MLflow run.
+    flags = metrics["sanity_flags"]
+    assert metrics["sanity_flag_count"] == len(flags) > 0
+    assert "too_few_prompts" in {flag["check"] for flag in flags}
+    assert markdown.index("## ⚠ Sanity flags") < markdown.index("Table I")
+    assert all(flag["message"] in markdown for flag in flags)
+    assert run_tags["sanity_flags"] == str(len(flags))
+    assert flags[0]["message"] in run_tags["mlflow.note.content"]
     for stem in ("loss_curves", "clap_scores", "beta_densities", "quality_curve"):
         assert (reports / f"evaluate/{stem}.png").stat().st_size > 0
         assert (reports / f"evaluate/{stem}.csv").stat().st_size > 0
