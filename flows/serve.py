@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -65,7 +66,7 @@ def local_server(url: str, log_path: Path, timeout_seconds: float = 180) -> Iter
         print(f"Prefect server on {url.removesuffix('/api')} (log: {log_path})")
         yield
     finally:
-        stop(process)
+        stop_all([process])
 
 
 def ensure_work_pool(name: str) -> None:
@@ -119,13 +120,20 @@ def start_workers(count: int, gpus: Sequence[str], log_dir: Path) -> list[subpro
     return workers
 
 
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
+def stop_all(processes: Sequence[subprocess.Popen], timeout: float = 20.0) -> None:
+    """Ctrl-C to every worker at once, then one shared deadline before killing the rest: one
+    after the other, n workers could take n x timeout, longer than whoever stops this
+    process waits before killing it, which would orphan the workers still running."""
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
         process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    for process in running:
         try:
-            process.wait(timeout=20)
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
 
 
 def serve_deployments(storage: str | None, repo: Path) -> None:
@@ -160,8 +168,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             serve_deployments(args.storage, repo)
         finally:
-            for worker in workers:
-                stop(worker)
+            stop_all(workers)
 
 
 if __name__ == "__main__":
