@@ -74,6 +74,27 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return FileGroupScheduling(config, log)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, compile librosa's numba functions once, in the controller, before the
+    workers start: numba writes its on-disk cache (`cache=True`) without locking, and two
+    workers compiling the same function into a cold cache (a fresh clone's first run, as in
+    CI) crashed one of them with a segfault in librosa's peak_pick."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        warm_numba_cache()
+
+
+def warm_numba_cache() -> None:
+    import numpy as np
+
+    from tasks.evaluate.metrics import music_analysis
+
+    sample_rate = 16_000
+    time = np.arange(3 * sample_rate) / sample_rate
+    clicks = (np.sin(2 * np.pi * 440 * time) * (time % 0.5 < 0.05)).astype(np.float32)
+    music_analysis.estimate_tempo(clicks, sample_rate)
+    music_analysis.estimate_key(clicks, sample_rate)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`gpu` tests need a CUDA device: without one they are skipped, saying why, unless
     TTM_GPU_TESTS_DEVICE=cpu runs their bodies on the CPU (benchmarks/gpu_check.sh --dry-run).
