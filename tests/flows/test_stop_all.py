@@ -21,8 +21,13 @@ def _started(code: str) -> subprocess.Popen:
     return process
 
 
-def test_stop_all_interrupts_every_worker_and_kills_the_stubborn_ones() -> None:
-    polite, stubborn = _started(STOPS_ON_CTRL_C), [_started(IGNORES_CTRL_C) for _ in range(2)]
-    stop_all([polite, *stubborn], timeout=1.0)
-    assert polite.returncode == -signal.SIGINT  # stopped by Ctrl-C, not killed
-    assert [process.returncode for process in stubborn] == [-signal.SIGKILL] * 2
+def test_stop_all_stops_workers_with_ctrl_c() -> None:
+    workers = [_started(STOPS_ON_CTRL_C) for _ in range(2)]
+    stop_all(workers, timeout=60.0)  # they exit at once; the deadline is for a loaded machine
+    assert [worker.returncode for worker in workers] == [-signal.SIGINT] * 2  # not killed
+
+
+def test_stop_all_kills_the_workers_ctrl_c_does_not_stop() -> None:
+    workers = [_started(IGNORES_CTRL_C) for _ in range(2)]
+    stop_all(workers, timeout=0.5)
+    assert [worker.returncode for worker in workers] == [-signal.SIGKILL] * 2
