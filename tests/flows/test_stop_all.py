@@ -12,7 +12,12 @@ IGNORES_CTRL_C = (
     "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
     "print(1, flush=True); time.sleep(60)"
 )
-STOPS_ON_CTRL_C = "import time; print(1, flush=True); time.sleep(60)"
+# Python's own Ctrl-C handler, set explicitly: a child inherits an ignored SIGINT (as
+# pytest-xdist's workers have it), and Python then leaves it ignored.
+STOPS_ON_CTRL_C = (
+    "import signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "print(1, flush=True); time.sleep(60)"
+)
 
 
 def _started(code: str) -> subprocess.Popen:
