@@ -133,40 +133,26 @@ def quality_metrics(first: Mapping[str, BootstrapCI], second: Mapping[str, Boots
     return [metric for metric in first if metric in second and metric not in CONTROLS]
 
 
+def set_beats(metrics: Metrics, check: str, winner: str, loser: str) -> list[SanityFlag]:
+    """`winner` better than `loser` on a metric both have, flagged on `winner`'s figure."""
+    if winner not in metrics or loser not in metrics:
+        return []
+    first, second = metrics[winner], metrics[loser]
+    return [
+        SanityFlag(check, winner, metric, first[metric], Comparison(loser, metric, second[metric]))
+        for metric in quality_metrics(first, second)
+        if better(metric, first[metric], second[metric])
+    ]
+
+
 def above_ceiling(metrics: Metrics) -> list[SanityFlag]:
     """The model better than the reference audio on a metric both have."""
-    if MODEL not in metrics or CEILING not in metrics:
-        return []
-    model, ceiling = metrics[MODEL], metrics[CEILING]
-    return [
-        SanityFlag(
-            "above_ceiling",
-            MODEL,
-            metric,
-            model[metric],
-            Comparison(CEILING, metric, ceiling[metric]),
-        )
-        for metric in quality_metrics(model, ceiling)
-        if better(metric, model[metric], ceiling[metric])
-    ]
+    return set_beats(metrics, "above_ceiling", MODEL, CEILING)
 
 
 def floor_beats_model(metrics: Metrics) -> list[SanityFlag]:
     """Decoded random latents better than the model on a metric both have."""
-    if MODEL not in metrics or FLOOR not in metrics:
-        return []
-    model, floor = metrics[MODEL], metrics[FLOOR]
-    return [
-        SanityFlag(
-            "floor_beats_model",
-            FLOOR,
-            metric,
-            floor[metric],
-            Comparison(MODEL, metric, model[metric]),
-        )
-        for metric in quality_metrics(floor, model)
-        if better(metric, floor[metric], model[metric])
-    ]
+    return set_beats(metrics, "floor_beats_model", FLOOR, MODEL)
 
 
 def wrong_prompt_not_beaten(metrics: Metrics) -> list[SanityFlag]:
