@@ -38,8 +38,8 @@ run: setup
 	$(RUN) $(BIN)/dvc repro
 
 ## test: the full suite, slow end-to-end tests included (this is what CI runs), on two
-# pytest-xdist workers: the scratch-DAG tests (the sweeps' Prefect stack, `dvc repro`) on one,
-# the rest on the other as it frees (tests/conftest.py); the 15 slowest tests are listed last
+# pytest-xdist workers: the two end-to-end sweep modules (a Prefect stack each) one per worker,
+# the rest around them (tests/conftest.py XDIST_GROUPS); the 15 slowest tests are listed last
 test: setup system-packages
 	$(RUN) $(BIN)/pytest -n 2 --dist loadgroup --durations=15
 

@@ -49,11 +49,13 @@ TINY_SCORERS = {
 
 
 # Test files whose tests run on one xdist worker (`make test`: -n 2 --dist loadgroup), by
-# group: the Prefect stack of the end-to-end sweeps and the `dvc repro` test both copy the
-# scratch DAG, which is then built once (and they are the suite's longest chain).
+# group: each end-to-end module shares one Prefect stack among its tests (a module fixture,
+# tests/flows/conftest.py). The two groups are the suite's longest chains: handed out first,
+# one to each worker, they run side by side, and the rest fills in around them. The scratch
+# DAG they copy is built once per run either way (`built_once`).
 XDIST_GROUPS = {
-    "tests/flows/test_sweep_e2e.py": "scratch-dag",
-    "tests/test_dvc_pipeline.py": "scratch-dag",
+    "tests/flows/test_sweep_e2e.py": "sweep-e2e",
+    "tests/flows/test_table_e2e.py": "table-e2e",
 }
 
 

@@ -13,6 +13,10 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
 
 from flows.local_servers import free_port, wait_until_answering
 
@@ -130,3 +134,41 @@ def running(root: Path, env: dict[str, str], serve_arguments: Sequence[str]) -> 
             _stop(serve)
     finally:
         _stop(server, signal.SIGINT)
+
+
+# --------------------------------------------------------------------------- the e2e tests' reads
+# What the end-to-end sweep and table tests (tests/flows/test_*_e2e.py) read back from a stack.
+EXPERIMENT = "score-aware-ttm"
+# The trials' pretraining budget: the scratch DAG's 12 steps cut to the fewest that still
+# take every path of a trial's training (eval_every 4, checkpoint_every 4): a validation,
+# sample log, pruning report and checkpoint at step 4, then the final one at step 5.
+PRETRAIN_STEPS = ("--param", "pretrain_steps=5")
+
+
+def study(root: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{root / 'optuna.db'}")
+
+
+def runs_of(root: Path, parent_run_id: str) -> list:
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    return client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    )
+
+
+def parent_run(root: Path, study_name: str) -> tuple[mlflow.MlflowClient, Any]:
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    (run_,) = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.kind = 'sweep' and tags.study = '{study_name}'",
+    )
+    return client, run_
+
+
+def prefect_artifacts(stack: Stack, key: str) -> list[dict]:
+    """The Prefect artifacts under `key`, newest first."""
+    shown = stack.prefect("artifact", "inspect", key, "--output", "json", timeout=120)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    return json.loads(shown.stdout)

@@ -14,7 +14,7 @@ from tests import scratch_repo as scratch_repo_
 from tests.conftest import TINY_TRAINING
 from tests.scratch_repo import run as _run
 
-pytestmark = pytest.mark.slow  # on the xdist worker of tests/flows/test_sweep_e2e.py
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

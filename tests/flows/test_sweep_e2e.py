@@ -1,7 +1,9 @@
 """End to end, as a user drives it: a Prefect server, `python -m flows.serve` with two
 "GPU" workers (CUDA_VISIBLE_DEVICES=0 and 1; on this CPU machine they only differ by the
 variable), and `prefect deployment run ablation-sweep/local` on a scratch repository whose
-tiny DAG is reproduced and committed. Then Optuna, MLflow, DVC and reports/ are checked."""
+tiny DAG is reproduced and committed (the `stack` fixture, tests/flows/conftest.py). Then
+Optuna, MLflow, DVC and reports/ are checked; a second sweep loses two trials' processes.
+The table and pipeline deployments are tests/flows/test_table_e2e.py, on the other worker."""
 
 from __future__ import annotations
 
@@ -14,53 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import optuna
 import pytest
-import yaml
 
-from tests import prefect_stack, scratch_repo
+from tests.prefect_stack import PRETRAIN_STEPS, parent_run, prefect_artifacts, runs_of, study
 from tests.scratch_repo import run
 
-# On xdist workers, this module and test_dvc_pipeline.py run on one of them
-# (conftest.XDIST_GROUPS): one Prefect stack, the scratch DAG built once for both.
+# One xdist group (conftest.XDIST_GROUPS): its tests share the module's Prefect stack.
 pytestmark = pytest.mark.slow
-
-EXPERIMENT = "score-aware-ttm"
-# The trials' pretraining budget: the scratch DAG's 12 steps cut to the fewest that still
-# take every path of a trial's training (eval_every 4, checkpoint_every 4): a validation,
-# sample log, pruning report and checkpoint at step 4, then the final one at step 5.
-PRETRAIN_STEPS = ("--param", "pretrain_steps=5")
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, scratch_dag):
-    root = tmp_path_factory.mktemp("sweep-repo")
-    env = scratch_repo.copy(scratch_dag[0], root)
-    with prefect_stack.running(root, env, ["--workers", "0", "--gpus", "0,1"]) as running:
-        yield running
-
-
-def study(root: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{root / 'optuna.db'}")
-
-
-def runs_of(root: Path, parent_run_id: str) -> list:
-    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    return client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
-    )
-
-
-def parent_run(root: Path, study_name: str):
-    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    (run_,) = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.kind = 'sweep' and tags.study = '{study_name}'",
-    )
-    return client, run_
 
 
 def test_sweep_deployment_runs_three_trials_end_to_end(stack):
@@ -86,7 +49,7 @@ def test_sweep_deployment_runs_three_trials_end_to_end(stack):
         "sweep e2e: {'COMPLETE': 3}" in result.stdout
         and "reports/ablations/e2e.md" in result.stdout
     )
-    (progress, *_) = _artifacts(stack, "progress-e2e")
+    (progress, *_) = prefect_artifacts(stack, "progress-e2e")
     assert progress["type"] == "progress" and progress["data"] == 100.0
 
     trials = study(stack.root, "e2e").trials
@@ -109,9 +72,9 @@ def test_sweep_deployment_runs_three_trials_end_to_end(stack):
     client, parent = parent_run(stack.root, "e2e")
     children = runs_of(stack.root, parent.info.run_id)
     assert sorted(child.info.run_name for child in children) == ["e2e-t0", "e2e-t1", "e2e-t2"]
-    artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "ablations")}
-    assert {"ablations/compact.json", "ablations/trials.json", "ablations/e2e.md"} <= artifacts
-    assert "ablations/optimization_history.png" in artifacts
+    logged = {item.path for item in client.list_artifacts(parent.info.run_id, "ablations")}
+    assert {"ablations/compact.json", "ablations/trials.json", "ablations/e2e.md"} <= logged
+    assert "ablations/optimization_history.png" in logged
     table = json.loads(
         Path(client.download_artifacts(parent.info.run_id, "ablations/trials.json")).read_text()
     )
@@ -227,67 +190,3 @@ def test_killed_trials_are_recorded_failed_and_the_sweep_finishes_the_others(sta
     _, parent = parent_run(stack.root, "killed")
     statuses = sorted(child.info.status for child in runs_of(stack.root, parent.info.run_id))
     assert statuses == ["FAILED", "FAILED", "FINISHED"]
-
-
-def test_table_deployment_runs_base_and_one_switch_over_two_seeds(stack):
-    """Table I's protocol on two seeds: mean ± std per configuration, Δ against base,
-    Welch's test, in MLflow and in reports/."""
-    result = stack.prefect(
-        "deployment",
-        "run",
-        "ablation-table/local",
-        "--param",
-        "table_name=t1",
-        "--param",
-        'configurations=["beta_0.2"]',
-        "--param",
-        "seeds=[0, 1]",
-        *PRETRAIN_STEPS,
-        "--watch",
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    trials = study(stack.root, "t1").trials
-    cells = sorted((t.user_attrs["configuration"], t.user_attrs["seed"]) for t in trials)
-    assert cells == [("base", 0), ("base", 1), ("beta_0.2", 0), ("beta_0.2", 1)]
-    outcomes = {t.number: (t.state.name, t.user_attrs.get("fail_reason")) for t in trials}
-    assert all(state == "COMPLETE" for state, _ in outcomes.values()), outcomes
-    client = mlflow.MlflowClient(f"sqlite:///{stack.root / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    (parent,) = client.search_runs(
-        [experiment.experiment_id], filter_string="tags.kind = 'table' and tags.study = 't1'"
-    )
-    table = json.loads(
-        Path(client.download_artifacts(parent.info.run_id, "ablations/table_one.json")).read_text()
-    )
-    rows = {row[0]: dict(zip(table["columns"], row, strict=True)) for row in table["data"]}
-    assert set(rows) == {"base", "beta_0.2"} and rows["beta_0.2"]["seeds"] == 2
-    assert rows["beta_0.2"]["clap_score_p"] is not None  # Welch's test over the two seeds
-    report = (stack.root / "reports" / "ablations" / "t1.md").read_text()
-    assert "Table I protocol" in report
-    assert re.search(r"^\| beta_0\.2 +\| +2 \| +0 \|", report, re.MULTILINE), report
-
-
-def _artifacts(stack, key: str) -> list[dict]:
-    shown = stack.prefect("artifact", "inspect", key, "--output", "json", timeout=120)
-    assert shown.returncode == 0, shown.stdout + shown.stderr
-    return json.loads(shown.stdout)
-
-
-def test_pipeline_deployment_reproduces_only_what_changed(stack):
-    def run_pipeline() -> str:
-        result = stack.prefect("deployment", "run", "pipeline/local", "--watch")
-        assert result.returncode == 0, result.stdout + result.stderr
-        (latest, *_) = _artifacts(stack, "pipeline-stages")
-        return latest["data"]
-
-    table = run_pipeline()  # the reproduced DAG: a no-op
-    assert table.count("up to date") == 8 and "| ran |" not in table
-    path = stack.root / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    params["finetune"]["optim"]["steps"] += 2
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    table = run_pipeline()
-    ran = {line.split("|")[1].strip() for line in table.splitlines() if "| ran |" in line}
-    assert ran == {"finetune", "evaluate"}, table
-    (link, *_) = _artifacts(stack, "mlflow-finetune")
-    assert "/#/experiments/" in link["data"] and "/runs/" in link["data"]
