@@ -50,28 +50,50 @@ TINY_SCORERS = {
 
 # Test files whose tests run on one xdist worker (`make test`: -n 2 --dist loadgroup), by
 # group: each end-to-end module shares one Prefect stack among its tests (a module fixture,
-# tests/flows/conftest.py). The two groups are the suite's longest chains: handed out first,
-# one to each worker, they run side by side, and the rest fills in around them. The scratch
-# DAG they copy is built once per run either way (`built_once`).
+# tests/flows/conftest.py). The groups are the suite's longest chains and all copy the scratch
+# DAG, built once per run (`built_once`, SCRATCH_DAG): the largest group starts first, and the
+# worker that builds the DAG runs it; the others go, one per worker, to workers without a
+# group once the DAG is built, so that no worker idles on the build's lock meanwhile.
 XDIST_GROUPS = {
     "tests/flows/test_sweep_e2e.py": "sweep-e2e",
     "tests/flows/test_table_e2e.py": "table-e2e",
 }
+SCRATCH_DAG = "scratch-dag"
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`--dist loadgroup` with the groups of XDIST_GROUPS, each group's tests on one worker
     (pytest-xdist 3.8's `xdist_group` marks are lost on pytest 9.2, whose node ids it can
-    no longer suffix: pytest-dev/pytest-xdist#1386). The largest group is handed out first."""
+    no longer suffix: pytest-dev/pytest-xdist#1386), handed out as XDIST_GROUPS says."""
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadGroupScheduling
+
+    groups = set(XDIST_GROUPS.values())
+    # the workers' base temporary folders live in the controller's: `built_once` writes there
+    built = config._tmp_path_factory.getbasetemp() / f"{SCRATCH_DAG}.json"  # type: ignore[attr-defined]
 
     class FileGroupScheduling(LoadGroupScheduling):
         def _split_scope(self, nodeid: str) -> str:
             group = XDIST_GROUPS.get(nodeid.split("::", 1)[0])
             return group if group is not None else super()._split_scope(nodeid)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            """The next unit this node may take goes to the head of the queue first."""
+            self.workqueue.move_to_end(self._next_scope(node), last=False)
+            super()._assign_work_unit(node)
+
+        def _next_scope(self, node: Any) -> str:
+            queued = list(self.workqueue)
+            started = any(scope in groups for work in self.assigned_work.values() for scope in work)
+            has_group = any(scope in groups for scope in self.assigned_work.get(node, {}))
+            for scope in queued:
+                if scope not in groups:
+                    return scope
+                if not started or (not has_group and built.exists()):
+                    return scope  # the first group, or a later one once the DAG is built
+            return queued[0]  # only groups are left: better late than never
 
     return FileGroupScheduling(config, log)
 
@@ -283,7 +305,7 @@ def scratch_dag(tmp_path_factory) -> tuple[Path, str]:
 
         return scratch_repo.reproduce(root)[1]
 
-    return built_once(tmp_path_factory, "scratch-dag", build)
+    return built_once(tmp_path_factory, SCRATCH_DAG, build)
 
 
 @pytest.fixture
