@@ -276,4 +276,8 @@ class ScorerParams(Section):
     clap: ScorerOptim
     quality: ScorerOptim
     quality_augment_per_track: Annotated[int, Field(ge=0)]
+    # What the embedded p-MOS regressor learns (tasks/scorers/quality.py): recorded quality
+    # levels, known degradations of the dataset's own train clips, or auto (recorded when
+    # every train track has a level).
+    quality_targets: Literal["auto", "recorded", "synthetic_degradations"]
     eval_windows_per_track: PositiveInt
