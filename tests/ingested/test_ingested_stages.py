@@ -94,7 +94,7 @@ def ingested_raw(shipped: dict, base: Path, overlay: dict | None = None) -> dict
         "quality": {"name": "embedded", "path": str(quality_dir)},
         "frame_teacher": {"name": "embedded", "path": str(clap_dir)},
     }
-    ingest = {"audio_root": str(root), "caption_sources": sources}
+    ingest = {"audio_root": str(root), "caption_root": str(root.parent), "caption_sources": sources}
     data = {**INGESTED_DATA, "ingest": ingest}
     raw = merge(tiny, {**CURATED_OVERLAY, "data": data, "backends": backends})
     raw = merge(merge(raw, TINY_TRAINING), INGESTED_TRAINING)
