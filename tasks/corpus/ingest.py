@@ -7,9 +7,10 @@ Layout (docs/reference.md §B.1):
               to audio_root, one file per style (Qwen-style = holistic, MusicFlamingo = dense)
 
 Every `data.ingest.caption_sources` entry names one caption file (.json list, .jsonl, .csv or
-.tsv) in `data.ingest.caption_root` with its style and its path/caption columns; captions of several styles for one path
-merge into one track row. Each captioned file is decoded (soundfile), mixed to mono,
-resampled to `data.sample_rate` (librosa/soxr) and written to `audio/<track_id>.flac`.
+.tsv) in `data.ingest.caption_root` with its style and its path/caption columns; captions of
+several styles for one path merge into one track row. Each captioned file is decoded
+(soundfile), mixed to mono, resampled to `data.sample_rate` (librosa/soxr) and written to
+`audio/<track_id>.flac`.
 
 Nothing that is wrong with one input stops the stage: it becomes a row of the rejects table
 with a reason (undecodable, silent, too_short, no_caption, missing_audio, outside_root).
