@@ -1,11 +1,14 @@
 """Stage `scorers`: train the embedded CLAP and p-MOS stand-ins, or check the real ones.
 
-Embedded backends (docs/architecture.md "Two profiles") are trained here on the corpus train split
-and saved as safetensors + config.json under artifacts/scorers/. Real backends (laion, hf, t5,
-pmos, muq) are loaded once to check them and their identity (path, bytes, SHA-256) is
-recorded in artifacts/scorers/identity.json, so a changed checkpoint is visible in
-`dvc.lock`'s history and MLflow. Either way the selected CLAP and quality backends are then
-measured on the val split (reports/scorers.json):
+Embedded backends (docs/architecture.md "Two profiles") are trained here and saved as
+safetensors + config.json under artifacts/scorers/: the CLAP on its own pretraining pairs
+(tasks/scorers/pairs.py), the p-MOS regressor on the train split's recorded quality levels or,
+label-free, on known degradations of its clips (`scorers.quality_targets`,
+tasks/scorers/quality.py; the choice is `quality.training_targets` in reports/scorers.json).
+Real backends (laion, hf, t5, pmos, muq) are loaded once to check them and their identity
+(path, bytes, SHA-256) is recorded in artifacts/scorers/identity.json, so a changed
+checkpoint is visible in `dvc.lock`'s history and MLflow. Either way the selected CLAP and
+quality backends are then measured on the val split (reports/scorers.json):
 
 - text->audio retrieval R@1 / R@5 among the val tracks with correct captions (chance 1/n);
 - ROC-AUC of the CLAP score, true caption vs another track's caption ("shuffled": what a
