@@ -17,7 +17,7 @@ from tasks.params import merge, read_yaml
 from tests.conftest import REPO, TINY_DATA, TINY_SCORERS, TINY_TRAINING
 
 COPIED_FILES = ("dvc.yaml", ".gitignore", "prefect.toml")
-COPIED_PACKAGES = ("tasks", "models", "flows")
+COPIED_PACKAGES = ("tasks", "models", "flows", "inbox")  # inbox/: the corpus stage's deps
 
 
 def tiny_params(shipped: dict) -> dict:

@@ -68,26 +68,41 @@ def calibration_problems(tracks: pd.DataFrame, params: Params) -> list[str]:
 
 
 def quality_backend_problems(tracks: pd.DataFrame, params: Params) -> list[str]:
-    """The embedded p-MOS regressor learns the recorded degradation levels of the train split
-    on the p-MOS scale of quality.pmos_mean / pmos_std (tasks/common/quality_levels.py)."""
+    """The embedded p-MOS regressor learns quality levels on the p-MOS scale of
+    quality.pmos_mean / pmos_std (tasks/common/quality_levels.py): recorded ones, or known
+    degradations of the dataset's own clips (`scorers.quality_targets`,
+    tasks/scorers/quality.py)."""
     if params.backends.quality.name != "embedded":
         return []
     problems = []
     train = tracks.loc[tracks["split"] == "train", "quality_level"]
     missing = int(train.isna().sum())
-    if missing:
+    setting = params.scorers.quality_targets
+    if missing and setting == "recorded":
         problems.append(
-            f"backends.quality.name = embedded trains on recorded quality levels (the "
-            f"embedded corpus's degradation levels), and {missing} of {len(train)} train "
-            f"tracks of this corpus have none: set backends.quality.name: pmos with "
-            f"backends.quality.path a local p-MOS checkpoint (README, 'Pretrained parts')"
+            f"scorers.quality_targets = recorded trains the embedded p-MOS regressor "
+            f"(backends.quality.name = embedded) on recorded quality levels (the embedded "
+            f"corpus's degradation levels), and {missing} of {len(train)} train tracks of "
+            f"this corpus have none: set scorers.quality_targets: synthetic_degradations (or "
+            f"auto) to learn known degradations of this dataset's own clips, or "
+            f"backends.quality.name: pmos with backends.quality.path a local p-MOS "
+            f"checkpoint (README, 'Pretrained parts')"
+        )
+    synthetic = setting == "synthetic_degradations" or (setting == "auto" and missing)
+    if synthetic and params.scorers.quality_augment_per_track == 0:
+        problems.append(
+            "scorers.quality_targets resolves to synthetic_degradations on this corpus (no "
+            "recorded quality level on some train tracks), which learns from degraded copies "
+            "of the train clips, and scorers.quality_augment_per_track = 0 makes none: set it "
+            "to 1 or more"
         )
     q = params.quality
     if q.levels != 5 or q.pmos_mean is None or q.pmos_std is None:
         problems.append(
-            "backends.quality.name = embedded learns the corpus's 5 degradation levels on the "
-            "p-MOS scale of quality.pmos_mean / pmos_std: set quality.levels: 5 and both "
-            "numbers, or select a real predictor (backends.quality.name: pmos)"
+            "backends.quality.name = embedded learns 5 quality levels (4 degradation "
+            "severities + clean) on the p-MOS scale of quality.pmos_mean / pmos_std: set "
+            "quality.levels: 5 and both numbers, or select a real predictor "
+            "(backends.quality.name: pmos)"
         )
     return problems
 

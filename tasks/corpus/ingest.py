@@ -7,9 +7,10 @@ Layout (docs/reference.md §B.1):
               to audio_root, one file per style (Qwen-style = holistic, MusicFlamingo = dense)
 
 Every `data.ingest.caption_sources` entry names one caption file (.json list, .jsonl, .csv or
-.tsv) with its style and its path/caption columns; captions of several styles for one path
-merge into one track row. Each captioned file is decoded (soundfile), mixed to mono,
-resampled to `data.sample_rate` (librosa/soxr) and written to `audio/<track_id>.flac`.
+.tsv) in `data.ingest.caption_root` with its style and its path/caption columns; captions of
+several styles for one path merge into one track row. Each captioned file is decoded
+(soundfile), mixed to mono, resampled to `data.sample_rate` (librosa/soxr) and written to
+`audio/<track_id>.flac`.
 
 Nothing that is wrong with one input stops the stage: it becomes a row of the rejects table
 with a reason (undecodable, silent, too_short, no_caption, missing_audio, outside_root).
@@ -102,13 +103,25 @@ def _read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def load_captions(sources: list[CaptionSource]) -> dict[str, Entry]:
+def caption_file(source: CaptionSource, caption_root: Path, where: str) -> Path:
+    """`source.file` inside `caption_root`: the folder dvc.yaml's `corpus` stage depends on,
+    so a caption file elsewhere would change without making `corpus` stale."""
+    if os.path.isabs(source.file):
+        raise ValueError(f"{where}: give the file relative to data.ingest.caption_root")
+    path = caption_root / source.file
+    if not path.resolve().is_relative_to(caption_root.resolve()):
+        raise ValueError(f"{where}: resolves outside data.ingest.caption_root ({caption_root})")
+    return path
+
+
+def load_captions(sources: list[CaptionSource], caption_root: Path) -> dict[str, Entry]:
     """Normalised path -> Entry over every caption source, in file order."""
     entries: dict[str, Entry] = {}
     for index, source in enumerate(sources):
         where = f"{PARAMS_KEY}[{index}].file = {source.file!r}"
+        path = caption_file(source, caption_root, where)
         try:
-            rows = _read_rows(Path(source.file))
+            rows = _read_rows(path)
         except (OSError, UnicodeDecodeError, ValueError, csv.Error) as error:
             raise ValueError(f"{where}: cannot read caption file: {error}") from None
         if rows and not any(source.caption_column in row for row in rows):
@@ -248,12 +261,14 @@ def ingest_dataset(
 ) -> IngestResult:
     """Read `data.ingest` into tracks/rejects tables; writes only output_root/audio/*.flac."""
     ingest = data.ingest
-    if not ingest.audio_root:
-        raise ValueError("data.ingest.audio_root: needed to ingest a dataset")
-    root = Path(ingest.audio_root)
-    if not root.is_dir():
-        raise ValueError(f"data.ingest.audio_root: {root} is not a directory")
-    usable, rejects = triage(load_captions(ingest.caption_sources), root, ingest.audio_extensions)
+    root, caption_root = Path(ingest.audio_root), Path(ingest.caption_root)
+    for key, folder in (("audio_root", root), ("caption_root", caption_root)):
+        if not folder.is_dir():
+            raise ValueError(f"data.ingest.{key}: {folder} is not a directory")
+    if not ingest.caption_sources:
+        raise ValueError(f"{PARAMS_KEY}: empty; name at least one caption file")
+    entries = load_captions(ingest.caption_sources, caption_root)
+    usable, rejects = triage(entries, root, ingest.audio_extensions)
     ids = assign_ids(list(usable))
     (output_root / schema.AUDIO_DIR).mkdir(parents=True, exist_ok=True)
     settings = (data.sample_rate, min_seconds, ingest.silence_dbfs)

@@ -54,14 +54,21 @@ class NoiseParams(Section):
 class CaptionSource(Section):
     """One caption file of a real dataset (ATTM JSON list, JSONL, CSV or TSV)."""
 
-    file: str
+    file: str  # relative to data.ingest.caption_root, so that DVC tracks it (dvc.yaml corpus)
     style: Literal["holistic", "dense", "concise"]
     path_column: str
     caption_column: str
 
 
 class IngestParams(Section):
-    audio_root: str | None
+    """A real dataset. dvc.yaml's `corpus` stage depends on `audio_root` and `caption_root`
+    (`${data.ingest.audio_root}`): DVC interpolates only one primitive value per dep, and a
+    missing dep path fails `dvc repro`, so both are folders that always exist (the shipped
+    defaults are the committed, empty inbox/ folders) and every caption file lies in
+    `caption_root`: adding audio or editing a caption file makes `corpus` stale."""
+
+    audio_root: str = Field(min_length=1)
+    caption_root: str = Field(min_length=1)
     caption_sources: list[CaptionSource]
     audio_extensions: list[str] = Field(min_length=1)
     # Below this RMS level (dBFS) a file counts as silent and is rejected.
@@ -91,8 +98,6 @@ class DataParams(Section):
             raise ValueError("min_track_seconds must be <= max_track_seconds")
         if self.min_sections > self.max_sections:
             raise ValueError("min_sections must be <= max_sections")
-        if self.source == "ingest" and not self.ingest.audio_root:
-            raise ValueError("source 'ingest' needs ingest.audio_root")
         return self
 
 
@@ -276,4 +281,8 @@ class ScorerParams(Section):
     clap: ScorerOptim
     quality: ScorerOptim
     quality_augment_per_track: Annotated[int, Field(ge=0)]
+    # What the embedded p-MOS regressor learns (tasks/scorers/quality.py): recorded quality
+    # levels, known degradations of the dataset's own train clips, or auto (recorded when
+    # every train track has a level).
+    quality_targets: Literal["auto", "recorded", "synthetic_degradations"]
     eval_windows_per_track: PositiveInt

@@ -1,11 +1,14 @@
 """Stage `scorers`: train the embedded CLAP and p-MOS stand-ins, or check the real ones.
 
-Embedded backends (docs/architecture.md "Two profiles") are trained here on the corpus train split
-and saved as safetensors + config.json under artifacts/scorers/. Real backends (laion, hf, t5,
-pmos, muq) are loaded once to check them and their identity (path, bytes, SHA-256) is
-recorded in artifacts/scorers/identity.json, so a changed checkpoint is visible in
-`dvc.lock`'s history and MLflow. Either way the selected CLAP and quality backends are then
-measured on the val split (reports/scorers.json):
+Embedded backends (docs/architecture.md "Two profiles") are trained here and saved as
+safetensors + config.json under artifacts/scorers/: the CLAP on its own pretraining pairs
+(tasks/scorers/pairs.py), the p-MOS regressor on the train split's recorded quality levels or,
+label-free, on known degradations of its clips (`scorers.quality_targets`,
+tasks/scorers/quality.py; the choice is `quality.training_targets` in reports/scorers.json).
+Real backends (laion, hf, t5, pmos, muq) are loaded once to check them and their identity
+(path, bytes, SHA-256) is recorded in artifacts/scorers/identity.json, so a changed
+checkpoint is visible in `dvc.lock`'s history and MLflow. Either way the selected CLAP and
+quality backends are then measured on the val split (reports/scorers.json):
 
 - text->audio retrieval R@1 / R@5 among the val tracks with correct captions (chance 1/n);
 - ROC-AUC of the CLAP score, true caption vs another track's caption ("shuffled": what a
@@ -26,13 +29,7 @@ import torch
 from mlflow.entities import Metric
 from scipy import stats
 
-from models.scorers import (
-    MelConfig,
-    QualityRegressor,
-    QualityRegressorConfig,
-    TinyClap,
-    TinyClapConfig,
-)
+from models.scorers import MelConfig, TinyClap, TinyClapConfig
 from tasks.backends.base import checkpoint_identity
 from tasks.backends.clap import load_clap
 from tasks.backends.embedded import save_checkpoint
@@ -48,19 +45,20 @@ from tasks.common.preflight import (
     quality_backend_problems,
     require,
 )
-from tasks.common.quality_levels import level_centre, quality_level
+from tasks.common.quality_levels import quality_level
 from tasks.common.rank_metrics import recall_at_k, roc_auc, spearman
 from tasks.common.tracking import stage_run
 from tasks.params import Params, load_stage_params
 from tasks.scorers.pairs import Pairs, pretraining_pairs
-from tasks.scorers.training import (
-    CAPTION_COLUMNS,
-    degraded_copies,
-    make_degrader,
-    track_log_mels,
-    train_clap,
-    train_quality,
+from tasks.scorers.quality import (
+    RECORDED,
+    recorded_set,
+    resolve_targets,
+    synthetic_set,
+    train_embedded_quality,
 )
+from tasks.scorers.training import CAPTION_COLUMNS, track_log_mels, train_clap
+from tasks.synthesis.degradation import CLEAN_LEVEL, level_grid, make_degrader
 
 ARTIFACTS = Path("artifacts/scorers")
 REPORT = Path("reports/scorers.json")
@@ -122,39 +120,6 @@ def train_embedded_clap(params: Params, pairs: Pairs, log: CurveLog) -> TinyClap
     model = TinyClap(config)
     mels = track_log_mels(pairs.waveforms, model.log_mel)
     train_clap(model, mels, captions, s.clap, crop_frames(params), params.seed, log)
-    return model.eval()
-
-
-def quality_targets(levels: list[int], params: Params) -> np.ndarray:
-    """Bin centres on the p-MOS scale; `preflight` checked that the scale is set."""
-    q = params.quality
-    assert q.pmos_mean is not None and q.pmos_std is not None
-    return np.array([level_centre(v, q.pmos_mean, q.pmos_std, q.level_edges_std) for v in levels])
-
-
-def train_embedded_quality(
-    params: Params, train: Split, pairs: Pairs, log: CurveLog
-) -> QualityRegressor:
-    """Recorded train levels + degraded copies of clean train tracks, and the pretraining
-    pool with its levels + one degraded copy of each clean clip: every genre seen clean."""
-    recorded = train.tracks["quality_level"]  # all recorded: `preflight` checked
-    clean = [w for w, level in zip(train.waveforms, recorded, strict=True) if level == 5]
-    kinds = params.data.degradation.kinds
-    degrader = make_degrader(params.data.degradation, params.scorers.sample_rate)
-    copies = params.scorers.quality_augment_per_track
-    extra, extra_levels = degraded_copies(clean, copies, kinds, degrader, params.seed + 1)
-    pristine = [w for w, level in zip(pairs.waveforms, pairs.levels, strict=True) if level == 5]
-    pool, pool_levels = degraded_copies(pristine, 1, kinds, degrader, params.seed + 2)
-    audio = train.waveforms + extra + pairs.waveforms + pool
-    levels = [int(v) for v in recorded] + extra_levels + pairs.levels + pool_levels
-    config = QualityRegressorConfig(mel_config(params), params.scorers.quality_channels)
-    torch.manual_seed(params.seed)
-    model = QualityRegressor(config)
-    mels = track_log_mels(audio, model.log_mel)
-    targets = quality_targets(levels, params)
-    train_quality(
-        model, mels, targets, params.scorers.quality, crop_frames(params), params.seed, log
-    )
     return model.eval()
 
 
@@ -224,16 +189,17 @@ def balanced_quality_set(val: Split, params: Params) -> tuple[list, np.ndarray]:
     rng = np.random.default_rng([params.seed, 17])
     clips, levels = [], []
     for audio, level in zip(val.waveforms, val.tracks["quality_level"], strict=True):
-        if level != 5 or audio.size < length:
+        if level != CLEAN_LEVEL or audio.size < length:
             continue
         start = (audio.size - length) // 2
         window = audio[start : start + length]
         clips.append(window)
-        levels.append(5)
-        for kind in params.data.degradation.kinds:
-            for degraded_level in range(1, 5):
-                clips.append(degrader(window, kind, degraded_level, rng))
-                levels.append(degraded_level)
+        levels.append(CLEAN_LEVEL)
+        for _, degraded_level, degraded in level_grid(
+            window, params.data.degradation.kinds, degrader, rng
+        ):
+            clips.append(degraded)
+            levels.append(degraded_level)
     return clips, np.array(levels)
 
 
@@ -337,15 +303,25 @@ def main() -> None:
             for choice in (backends.clap, backends.frame_teacher)
             if choice.name == "embedded"
         }
-        if clap_paths or backends.quality.name == "embedded":
+        embedded_quality = backends.quality.name == "embedded"
+        targets = resolve_targets(train.tracks["quality_level"], params.scorers.quality_targets)
+        if clap_paths or (embedded_quality and targets == RECORDED):
             pairs = pretraining_pairs(params)
         if clap_paths:
             clap = train_embedded_clap(params, pairs, log)
             for path in clap_paths:
                 save_checkpoint(clap, require_output(path, "clap"), {})
-        if backends.quality.name == "embedded":
-            regressor = train_embedded_quality(params, train, pairs, log)
+        if embedded_quality:
+            quality_set = (
+                recorded_set(train.waveforms, train.tracks["quality_level"], pairs, params)
+                if targets == RECORDED
+                else synthetic_set(train.waveforms, params)
+            )
+            regressor = train_embedded_quality(
+                params, quality_set, crop_frames(params), mel_config(params), log
+            )
             save_checkpoint(regressor, require_output(backends.quality.path, "quality"), {})
+            mlflow.set_tag("quality_targets", targets)
         identity = check_real_backends(params)
         write_json(ARTIFACTS / "identity.json", identity)
         val = load_split(tracks, "val", corpus_root, rate)
@@ -356,6 +332,8 @@ def main() -> None:
             "clap": clap_reach(load_clap(backends.clap), val, clips, owners, params),
             "quality": quality_reach(load_quality(backends.quality), val, clips, owners, params),
         }
+        if embedded_quality:  # what the regressor learned (tasks/scorers/quality.py)
+            report["quality"]["training_targets"] = targets
         write_json(REPORT, report)
         log.flush(CURVES)
         mlflow.log_metrics(

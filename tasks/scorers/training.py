@@ -4,10 +4,9 @@
   its captions (holistic, dense or concise, drawn per sample, so the space serves both the
   pretraining captions and the concise prompts); the MiniLM sentence embeddings are frozen
   and computed once.
-- Quality regressor: MSE to the centre of the recorded degradation level's p-MOS bin
-  (tasks/common/quality_levels.py), on the recorded tracks plus `quality_augment_per_track`
-  copies of each clean train track degraded by the corpus's own degradation model at a
-  random kind and level (the corpus has few degraded tracks per kind and level).
+- Quality regressor: MSE to the centre of a quality level's p-MOS bin
+  (tasks/common/quality_levels.py); which clips at which levels is tasks/scorers/quality.py's
+  choice (recorded levels, or known degradations of the dataset's own clips).
 
 Windows are cropped from a track's log-mel, computed once per track, rather than from the
 waveform: a centred STFT frame only sees its own 2 hops, so the crop equals the window's
@@ -17,7 +16,7 @@ own log-mel except at its two edge frames.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -26,7 +25,6 @@ import torch
 
 from models.scorers import LogMel, QualityRegressor, TinyClap
 from tasks.params import ScorerOptim
-from tasks.synthesis.degradation import degrade
 
 CAPTION_COLUMNS = ("caption_holistic", "caption_dense", "prompt_concise")
 LogFn = Callable[[str, float, int], None]
@@ -124,33 +122,6 @@ def train_clap(
         losses.append(loss.item())
         log("clap_train_loss", loss.item(), step)
     return losses
-
-
-def degraded_copies(
-    waveforms: list[np.ndarray],
-    copies: int,
-    kinds: Sequence[str],
-    degrade_fn: Callable[[np.ndarray, str, int, np.random.Generator], np.ndarray],
-    seed: int,
-) -> tuple[list[np.ndarray], list[int]]:
-    """`copies` degraded versions of each clean waveform at random kinds and levels 1..4."""
-    rng = np.random.default_rng(seed)
-    audio, levels = [], []
-    for waveform in waveforms:
-        for _ in range(copies):
-            level = int(rng.integers(1, 5))
-            audio.append(degrade_fn(waveform, str(rng.choice(kinds)), level, rng))
-            levels.append(level)
-    return audio, levels
-
-
-def make_degrader(degradation, sample_rate: int):
-    """The corpus's `degrade` bound to its params (kept here so tests can swap it)."""
-
-    def apply(audio: np.ndarray, kind: str, level: int, rng: np.random.Generator) -> np.ndarray:
-        return degrade(audio, kind, level, degradation, sample_rate, rng)
-
-    return apply
 
 
 def train_quality(

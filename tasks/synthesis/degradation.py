@@ -2,10 +2,15 @@
 
 Level 5 is the clean render; levels 1..4 apply one degradation whose severity comes from
 params `data.degradation` (list index = level - 1), so the quality predictor and the
-quality token have a ground truth to learn and to be checked against.
+quality token have a ground truth to learn and to be checked against. The same functions
+degrade any clip, not only generated ones: `degraded_copies` and `level_grid` give a real
+dataset's own clips known levels (the label-free p-MOS targets of `scorers` and the p-MOS
+health check, README "Real data").
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import signal
@@ -13,6 +18,9 @@ from scipy import signal
 from tasks.params import DegradationParams
 
 CLEAN_LEVEL = 5
+DEGRADED_LEVELS = tuple(range(1, CLEAN_LEVEL))  # 1 = worst .. 4 = mild
+# (audio, kind, level, rng) -> the audio degraded by `kind` at quality `level`
+Degrader = Callable[[np.ndarray, str, int, np.random.Generator], np.ndarray]
 
 
 def add_noise(audio: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
@@ -69,6 +77,47 @@ def degrade(
     # Keep headroom for the 16-bit FLAC: never let a degradation clip the file itself.
     peak = float(np.abs(out).max())
     return (out * (0.99 / peak) if peak > 0.99 else out).astype(np.float32)
+
+
+def make_degrader(params: DegradationParams, sample_rate: int) -> Degrader:
+    """`degrade` bound to the corpus's degradation params and a sample rate (callers take a
+    `Degrader`, so tests can swap it for a cheap one)."""
+
+    def apply(audio: np.ndarray, kind: str, level: int, rng: np.random.Generator) -> np.ndarray:
+        return degrade(audio, kind, level, params, sample_rate, rng)
+
+    return apply
+
+
+def degraded_copies(
+    waveforms: Sequence[np.ndarray],
+    copies: int,
+    kinds: Sequence[str],
+    degrade_fn: Degrader,
+    seed: int,
+) -> tuple[list[np.ndarray], list[int]]:
+    """`copies` degraded versions of each waveform at random kinds and levels 1..4, with
+    their levels (seeded: the same inputs give the same copies)."""
+    rng = np.random.default_rng(seed)
+    audio, levels = [], []
+    for waveform in waveforms:
+        for _ in range(copies):
+            level = int(rng.integers(1, CLEAN_LEVEL))
+            audio.append(degrade_fn(waveform, str(rng.choice(kinds)), level, rng))
+            levels.append(level)
+    return audio, levels
+
+
+def level_grid(
+    clip: np.ndarray, kinds: Sequence[str], degrade_fn: Degrader, rng: np.random.Generator
+) -> list[tuple[str, int, np.ndarray]]:
+    """(kind, level, degraded clip) for every kind at every level 1..4, kinds outer: a
+    balanced set in which every level has the same weight, whatever the data records."""
+    return [
+        (kind, level, degrade_fn(clip, kind, level, rng))
+        for kind in kinds
+        for level in DEGRADED_LEVELS
+    ]
 
 
 def snr_db(reference: np.ndarray, test: np.ndarray) -> float:

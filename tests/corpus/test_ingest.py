@@ -74,14 +74,16 @@ def build_dataset(base: Path) -> tuple[Path, Path, Path]:
     return root, holistic_file, dense_file
 
 
-def data_params(root: Path, sources: list[dict], workers: int = 1) -> DataParams:
-    overlay = {
-        "data": {
-            "source": "ingest",
-            "workers": workers,
-            "ingest": {"audio_root": str(root), "caption_sources": sources},
-        }
+def data_params(
+    root: Path, sources: list[dict], workers: int = 1, caption_root: Path | None = None
+) -> DataParams:
+    """Ingest params; the caption files lie in `caption_root` (default: beside the root)."""
+    ingest = {
+        "audio_root": str(root),
+        "caption_root": str(caption_root or root.parent),
+        "caption_sources": sources,
     }
+    overlay = {"data": {"source": "ingest", "workers": workers, "ingest": ingest}}
     return Params.from_mapping(merge(read_yaml(PARAMS_YAML), overlay)).data
 
 
@@ -89,7 +91,7 @@ def source(
     file: Path, style: str, path_column: str = "path", caption_column: str = "caption"
 ) -> dict:
     return {
-        "file": str(file),
+        "file": file.name,  # relative to data.ingest.caption_root
         "style": style,
         "path_column": path_column,
         "caption_column": caption_column,
@@ -183,7 +185,7 @@ def test_malformed_caption_file_raises(tmp_path, name: str, content: str | None)
     file = tmp_path / name
     if content is not None:
         file.write_text(content)
-    data = data_params(tmp_path, [source(file, "holistic")])
+    data = data_params(tmp_path, [source(file, "holistic")], caption_root=tmp_path)
     with pytest.raises(ValueError, match=r"data\.ingest\.caption_sources\[0\].*" + name):
         ingest_dataset(data, 7, MIN_SECONDS, tmp_path / "out")
 
@@ -197,12 +199,13 @@ def test_jsonl_and_tsv_captions(tmp_path) -> None:
     entries = load_captions(
         [
             CaptionSource(
-                file=str(jsonl), style="dense", path_column="path", caption_column="caption"
+                file=jsonl.name, style="dense", path_column="path", caption_column="caption"
             ),
             CaptionSource(
-                file=str(tsv), style="concise", path_column="id", caption_column="caption"
+                file=tsv.name, style="concise", path_column="id", caption_column="caption"
             ),
-        ]
+        ],
+        tmp_path,
     )
     assert entries["00/1.mp3"].captions == {"dense": "one", "concise": '"quoted" concise'}
     assert entries["01/2.mp3"].captions == {}
@@ -225,6 +228,34 @@ def test_too_few_usable_tracks_is_a_clear_error(tmp_path) -> None:
     sf.write(tmp_path / "00/1.wav", tone(2.0, 16000, 1), 16000)
     captions = tmp_path / "captions.json"
     captions.write_text(json.dumps([{"path": "00/1.wav", "caption": "x"}]))
-    data = data_params(tmp_path, [source(captions, "holistic")])
+    data = data_params(tmp_path, [source(captions, "holistic")], caption_root=tmp_path)
     with pytest.raises(ValueError, match=r"data\.ingest: 1 usable tracks"):
         ingest_dataset(data, 7, MIN_SECONDS, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("file", "match"),
+    [
+        ("/etc/captions.json", "relative to data.ingest.caption_root"),
+        ("../captions.json", "resolves outside data.ingest.caption_root"),
+    ],
+)
+def test_caption_files_must_lie_in_the_caption_root(tmp_path, file: str, match: str) -> None:
+    """dvc.yaml's `corpus` depends on caption_root: a file elsewhere would escape DVC."""
+    (tmp_path / "captions").mkdir()
+    (tmp_path / "captions.json").write_text("[]")
+    sources = [{**source(tmp_path / "x.json", "holistic"), "file": file}]
+    data = data_params(tmp_path, sources, caption_root=tmp_path / "captions")
+    with pytest.raises(ValueError, match=r"caption_sources\[0\]\.file = .*" + match):
+        ingest_dataset(data, 7, MIN_SECONDS, tmp_path / "out")
+
+
+def test_missing_folders_and_sources_name_their_key(tmp_path) -> None:
+    data = data_params(tmp_path / "absent", [], caption_root=tmp_path)
+    with pytest.raises(ValueError, match=r"data\.ingest\.audio_root: .*absent is not a directory"):
+        ingest_dataset(data, 7, MIN_SECONDS, tmp_path / "out")
+    data = data_params(tmp_path, [], caption_root=tmp_path / "absent")
+    with pytest.raises(ValueError, match=r"data\.ingest\.caption_root: .*absent is not a dir"):
+        ingest_dataset(data, 7, MIN_SECONDS, tmp_path / "out")
+    with pytest.raises(ValueError, match=r"data\.ingest\.caption_sources: empty"):
+        ingest_dataset(data_params(tmp_path, []), 7, MIN_SECONDS, tmp_path / "out")

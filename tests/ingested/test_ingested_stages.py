@@ -94,7 +94,7 @@ def ingested_raw(shipped: dict, base: Path, overlay: dict | None = None) -> dict
         "quality": {"name": "embedded", "path": str(quality_dir)},
         "frame_teacher": {"name": "embedded", "path": str(clap_dir)},
     }
-    ingest = {"audio_root": str(root), "caption_sources": sources}
+    ingest = {"audio_root": str(root), "caption_root": str(root.parent), "caption_sources": sources}
     data = {**INGESTED_DATA, "ingest": ingest}
     raw = merge(tiny, {**CURATED_OVERLAY, "data": data, "backends": backends})
     raw = merge(merge(raw, TINY_TRAINING), INGESTED_TRAINING)
@@ -204,10 +204,13 @@ def test_evaluation_says_attribute_accuracies_are_not_measurable(workspace) -> N
 
 
 # --------------------------------------------------------------------------- pre-flight
-def test_scorers_refuse_the_embedded_quality_backend_before_training(
+def test_scorers_refuse_recorded_quality_targets_before_training(
     shipped_params, tmp_path, monkeypatch
 ) -> None:
-    write_corpus(ingested_raw(shipped_params, tmp_path), tmp_path)
+    """`scorers.quality_targets: recorded` needs recorded levels (the default, auto, learns
+    synthetic degradations of the dataset's own clips instead: tests/scorers)."""
+    overlay = {"scorers": {"quality_targets": "recorded"}}
+    write_corpus(ingested_raw(shipped_params, tmp_path, overlay), tmp_path)
 
     def training_started(*_args: object) -> None:
         raise AssertionError("the scorers stage started training before its pre-flight")
@@ -217,7 +220,8 @@ def test_scorers_refuse_the_embedded_quality_backend_before_training(
     with inside_workspace(tmp_path), pytest.raises(PreflightError) as raised:
         scorers.main()
     message = str(raised.value)
-    assert "backends.quality.name = embedded" in message
+    assert "scorers.quality_targets = recorded" in message
+    assert "scorers.quality_targets: synthetic_degradations" in message
     assert "backends.quality.name: pmos" in message
     assert f"{len(TRACKS) - 5} of {len(TRACKS) - 5} train tracks" in message
     assert time.perf_counter() - started < 10.0

@@ -186,6 +186,7 @@ def test_stage_trains_saves_and_reports(shipped_params, tmp_path, monkeypatch):
         assert names == ["config.json", "model.safetensors"]
     report = json.loads((tmp_path / "reports/scorers.json").read_text())
     assert set(report) == {"clap", "quality"}
+    assert report["quality"]["training_targets"] == "recorded"  # auto, every level recorded
     curve = pd.read_csv(tmp_path / "reports/scorers/clap_train_loss.csv")
     assert len(curve) == TINY_SCORERS["clap"]["steps"]
     runs = mlflow.search_runs(experiment_names=[raw["tracking"]["experiment"]])
