@@ -15,6 +15,7 @@ there; the ATTM captions come from Qwen2-Audio-7B-Instruct and Music Flamingo, d
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -354,3 +355,12 @@ def load_captioner(
 ) -> CaptionerBackend:
     """The captioner `backends.captioner` selects, built with the stage's CLAP and params."""
     return CAPTIONERS.load(choice)(clap, captions)
+
+
+def embedded_vocabulary_texts() -> list[str]:
+    """Everything the embedded captioner can write: its sentence templates (slots removed)
+    and the words it fills them with. Its health check measures how much of a dataset's
+    own caption vocabulary this covers (tasks/common/health.py)."""
+    templates = [re.sub(r"\{[^}]*\}", " ", template) for template in SENTENCE_TEMPLATES]
+    instruments = [INSTRUMENT_WORDS[name][0] for name in INSTRUMENT_NAMES]
+    return [*templates, *GENRE_NAMES, *MOOD_NAMES, *TEMPO_BANDS, *instruments]

@@ -112,3 +112,28 @@ class CaptionRun:
     table: pd.DataFrame  # CAPTION_COLUMNS
     thresholds: RefinementThresholds
     few_shot_source: str  # where the {examples} pool came from
+    captioner_gate: dict  # captioner_gate(): its coverage and whether originals were kept
+
+
+def captioner_gate(coverage: dict, floor: float, backend: str) -> dict:
+    """Whether refinement may replace captions: a captioner that cannot write most of the
+    dataset's own caption words (tasks/common/health.py) would replace them with what it
+    knows; below `captions.min_captioner_coverage` every original is kept instead."""
+    if "coverage" not in coverage:
+        reason = coverage.get("note", f"backends.captioner = {backend}: open vocabulary")
+        return {"coverage": None, "floor": floor, "keeps_originals": False, "reason": reason}
+    keeps = coverage["coverage"] < floor
+    reason = (
+        f"the captioner ({backend}) can write {coverage['coverage']:.0%} of the words of this "
+        f"dataset's captions, below captions.min_captioner_coverage = {floor}: every original "
+        "caption is kept (a captioner that knows this music, backends.captioner: transformers, "
+        "or a lower captions.min_captioner_coverage lets refinement run)"
+        if keeps
+        else f"coverage {coverage['coverage']:.0%} >= captions.min_captioner_coverage = {floor}"
+    )
+    return {
+        "coverage": coverage["coverage"],
+        "floor": floor,
+        "keeps_originals": keeps,
+        "reason": reason,
+    }

@@ -174,6 +174,7 @@ def summarize(run: CaptionRun, tables: dict[str, pd.DataFrame], params: Params) 
         "refinement_counts": value_counts(table["refinement"]),
         "refinement_shares": {d: float((table["refinement"] == d).mean()) for d in DECISIONS},
         "thresholds": run.thresholds.as_dict(),
+        "captioner_gate": run.captioner_gate,
         "few_shot_source": run.few_shot_source,
         "rewriter": llm,
         "rewritten_by_selected_backend": int((table["rewrite_backend"] == llm).sum()),
@@ -205,7 +206,8 @@ def markdown(summary: dict, tables: dict[str, pd.DataFrame], params: Params) -> 
         f"Thresholds ({t['mode']}): generated caption vs audio < {t['generated']:.4f} keeps the "
         f"original (eq. 8); original vs audio < {t['original']:.4f} discards it (eq. 9); "
         f"original vs generated text < {t['merge']:.4f} merges them (eq. 10), otherwise the "
-        "generated caption replaces a redundant original.",
+        "generated caption replaces a redundant original. Captioner vocabulary check: "
+        f"{summary['captioner_gate']['reason']}.",
         markdown_table(tables["refinement"]),
         "## Rewriting into the inference style",
         f"{summary['rewritten_by_selected_backend']} of {summary['segments']} inference-style "

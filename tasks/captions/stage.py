@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.backends.base import CaptionerBackend, ClapBackend, RewriterBackend, Rewritten
-from tasks.backends.captioner import load_captioner
+from tasks.backends.captioner import embedded_vocabulary_texts, load_captioner
 from tasks.backends.clap import load_clap, text_embeddings
 from tasks.backends.rewriter import load_rewriter
 from tasks.captions.refinement import (
@@ -37,6 +37,7 @@ from tasks.captions.refinement import (
     MERGE,
     CaptionRun,
     calibrate,
+    captioner_gate,
     decide,
     finetune_subset,
 )
@@ -44,6 +45,7 @@ from tasks.captions.report import write_reports
 from tasks.common import schema
 from tasks.common.atomic import write_parquet
 from tasks.common.audio_io import segment_windows
+from tasks.common.health import vocabulary_coverage, words_of
 from tasks.common.preflight import caption_column_problems, present, require
 from tasks.common.reporting import log_report
 from tasks.common.schema import CAPTION_COLUMNS, SEGMENT_COLUMNS, corpus_sample_rate
@@ -139,6 +141,16 @@ def few_shot_pool(tracks: pd.DataFrame, eval_prompts: pd.DataFrame) -> tuple[lis
     return prompts, "eval_prompts.parquet"
 
 
+def captioner_coverage(tracks: pd.DataFrame, params: Params) -> dict:
+    """How much of the dataset's `captions.refine_column` vocabulary the captioner can write
+    (the embedded one: its templates and class words; an open-vocabulary one: not measured)."""
+    if params.backends.captioner.name != "embedded":
+        return {"note": f"backends.captioner = {params.backends.captioner.name}: open vocabulary"}
+    column = params.captions.refine_column
+    captions = tracks.loc[present(tracks[column]), column].astype(str)
+    return vocabulary_coverage(captions, words_of(embedded_vocabulary_texts()))
+
+
 # --------------------------------------------------------------------------- steps
 def batched(items: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
     while chunk := list(itertools.islice(items, size)):
@@ -227,6 +239,13 @@ def caption_segments(
         cfg, *_validation_scores(kept, clap_generated, clap_original, text_similarity)
     )
     decisions = decide(clap_generated, clap_original, text_similarity, thresholds)
+    gate = captioner_gate(
+        captioner_coverage(tracks, params),
+        cfg.min_captioner_coverage,
+        params.backends.captioner.name,
+    )
+    if gate["keeps_originals"]:
+        decisions[:] = KEEP_ORIGINAL
     refined, merges = refine(original, generated, decisions, rewriter)
     examples, source = few_shot_pool(tracks, eval_prompts)
     rewrites = rewrite(refined, rewriter, examples)
@@ -262,7 +281,7 @@ def caption_segments(
             "rewrite_fallback": [r.fallback for r in rewrites],
         }
     )
-    return CaptionRun(table.astype(CAPTION_COLUMNS), thresholds, source)
+    return CaptionRun(table.astype(CAPTION_COLUMNS), thresholds, source, gate)
 
 
 # --------------------------------------------------------------------------- stage

@@ -53,17 +53,23 @@ def caption_column_problems(tracks: pd.DataFrame, column: str, key: str) -> list
 
 
 def calibration_problems(tracks: pd.DataFrame, params: Params) -> list[str]:
-    """Quantile thresholds need val tracks with the scored caption."""
-    if params.curate.threshold_mode != "validation_quantile":
+    """Quantile thresholds need enough val tracks with the scored caption: quantiles of a
+    handful of tracks are noise (curate.min_calibration_tracks)."""
+    curate = params.curate
+    if curate.threshold_mode != "validation_quantile":
         return []
-    column = params.curate.caption_column
+    column = curate.caption_column
     val = tracks[tracks["split"] == "val"]
-    if column in val and present(val[column]).any():
+    captioned = int(present(val[column]).sum()) if column in val else 0
+    if captioned >= curate.min_calibration_tracks:
         return []
     return [
         f"curate.threshold_mode = validation_quantile calibrates the tiers on the val "
-        f"tracks' {column} scores, and none of this corpus's {len(val)} val track(s) has a "
-        f"{column}: raise data.val_fraction or set curate.threshold_mode: absolute"
+        f"tracks' {column} scores, and {captioned} of this corpus's {len(val)} val track(s) "
+        f"have a {column}, fewer than curate.min_calibration_tracks = "
+        f"{curate.min_calibration_tracks} (quantiles of so few tracks are noise): raise "
+        f"data.val_fraction, set curate.threshold_mode: absolute, or lower "
+        f"curate.min_calibration_tracks"
     ]
 
 

@@ -71,14 +71,19 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def log_report(report: Report, table_dir: str) -> None:
-    """Numeric summary values as metrics, tables as MLflow tables, files as artifacts."""
-    metrics = {
-        key: float(value)
-        for key, value in flatten(report.summary)
+def numeric_items(summary: dict, prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of a nested summary, as flat MLflow metric names."""
+    head = f"{prefix}." if prefix else ""
+    return {
+        head + key: float(value)
+        for key, value in flatten(summary)
         if isinstance(value, int | float) and not isinstance(value, bool)
     }
-    mlflow.log_metrics(metrics)
+
+
+def log_report(report: Report, table_dir: str) -> None:
+    """Numeric summary values as metrics, tables as MLflow tables, files as artifacts."""
+    mlflow.log_metrics(numeric_items(report.summary))
     for name, table in report.tables.items():
         with warnings.catch_warnings():  # mlflow's own select_dtypes call under pandas 3
             warnings.filterwarnings("ignore", "For backward compatibility, 'str' dtypes")

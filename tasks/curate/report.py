@@ -22,6 +22,7 @@ from matplotlib.figure import Figure  # the OO API: Agg canvas, no pyplot global
 from tasks.common.atomic import atomic_path, write_json, write_text
 from tasks.common.rank_metrics import roc_auc
 from tasks.common.reporting import Report, json_safe, markdown_table, nested_records, value_counts
+from tasks.curate.health import markdown as health_markdown
 from tasks.curate.segments import LOW, STATUSES, TIERS, Curation, fig1_sample
 from tasks.params import Params
 
@@ -309,6 +310,7 @@ def markdown(summary: dict, tables: dict[str, pd.DataFrame], params: Params) -> 
     calibrated = f", on {t['calibration_scores']} val candidates" if t["calibration_scores"] else ""
     parts = [
         "# Curation (paper 000 §II-A, paper 003 §4.1)",
+        health_markdown(summary["health"], params),
         f"{summary['tracks']} tracks, {summary['rejects']} rejected"
         f"{' ' + str(summary['reject_reasons']) if summary['rejects'] else ''}; "
         f"{summary['candidates']} candidates "
@@ -371,7 +373,7 @@ def _f(value: float | None) -> str:
 
 
 # --------------------------------------------------------------------------- writing
-def write_reports(curation: Curation, tracks: pd.DataFrame, params: Params) -> Report:
+def write_reports(curation: Curation, tracks: pd.DataFrame, params: Params, health: dict) -> Report:
     truth = with_truth(curation.segments, tracks)
     sample = fig1_sample(curation.segments, params.seed)
     tables = {"tiers": tier_table(curation.segments), "quality_levels": level_table(truth)}
@@ -381,7 +383,7 @@ def write_reports(curation: Curation, tracks: pd.DataFrame, params: Params) -> R
             "filter": filter_table(truth),
             "clean_by_quality": audio_quality_table(truth),
         }
-    summary = summarize(curation, tracks, truth, sample, tables, params)
+    summary = summarize(curation, tracks, truth, sample, tables, params) | {"health": health}
     FIGURES.mkdir(parents=True, exist_ok=True)
     artifacts = [REPORT_JSON, REPORT_MD, FIGURES / "clap_scores_val.csv"]
     write_json(REPORT_JSON, summary)

@@ -30,10 +30,11 @@ from tasks.common.atomic import write_parquet
 from tasks.common.audio_io import AudioRejected, dbfs, read_audio, segment_windows
 from tasks.common.preflight import calibration_problems, caption_column_problems, require
 from tasks.common.quality_levels import fitted_moments, moments, quality_level, quality_prefix
-from tasks.common.reporting import log_report
+from tasks.common.reporting import json_safe, log_report, numeric_items
 from tasks.common.schema import SEGMENT_COLUMNS
 from tasks.common.score_cache import CachedScorer, ScoreCache, backend_identity
 from tasks.common.tracking import stage_run
+from tasks.curate import health
 from tasks.curate.report import write_reports
 from tasks.curate.segments import (
     Curation,
@@ -221,6 +222,35 @@ def curate_segments(
     )
 
 
+# --------------------------------------------------------------------------- health
+def health_checks(
+    tracks: pd.DataFrame, corpus_root: Path, params: Params, scorers: Scorers
+) -> dict:
+    """Label-free health of the scorers on the val tracks (tasks/curate/health.py), from
+    the val candidate windows the full run scores anyway (their embeddings are cached)."""
+    rate = params.data.sample_rate
+    val = tracks[tracks["split"] == "val"]
+    rows: list[dict] = []
+    audio = scorers.clap_audio.run(scan_candidates(val, corpus_root, params, rows, []), rate)
+    scored = [row for row in rows if not row["silent"]]
+    owners = np.array([row["track_id"] for row in scored], dtype=object)
+    captions = {row["track_id"]: row["caption"] for row in scored}
+    embedded = np.stack(audio) if audio else np.zeros((0, scorers.clap.embedding_dim))
+    length = window_length(params.curate, rate)
+    clips = []  # the middle window of each scored val track, for the degradation check
+    for track in val[val["track_id"].isin(captions)].itertuples(index=False):
+        whole = load_track(corpus_root / track.audio_path, rate, length)
+        start = (whole.size - length) // 2
+        clips.append(whole[start : start + length])
+    return {
+        "clap": health.clap_section(scorers.clap, embedded, owners, captions, params),
+        "quality": health.quality_section(clips, scorers.quality, params),
+        "captioner": health.captioner_section(
+            scorers.clap, embedded, owners, health.dataset_captions(tracks, params), params
+        ),
+    }
+
+
 # --------------------------------------------------------------------------- stage
 
 
@@ -239,10 +269,14 @@ def run(params: Params) -> dict:
     )
     with stage_run(params, "curate"):
         with ScoreCache(Path(params.curate.cache_dir)) as cache:
-            curation = curate_segments(tracks, corpus_root, params, load_scorers(params, cache))
+            scorers = load_scorers(params, cache)
+            checks = json_safe(health_checks(tracks, corpus_root, params, scorers))
+            mlflow.log_metrics(numeric_items(checks, "health"))  # kept when the gate refuses
+            require(health.gate_problems(checks, params), "curate")
+            curation = curate_segments(tracks, corpus_root, params, scorers)
         write_parquet(CURATED / "segments.parquet", curation.segments)
         write_parquet(CURATED / "rejects.parquet", curation.rejects)
-        report = write_reports(curation, tracks, params)
+        report = write_reports(curation, tracks, params, checks)
         log_report(report, "curation")
         # Run-dependent figures go to MLflow only, so reports/ stays reproducible.
         mlflow.log_metric("stage_seconds", time.perf_counter() - started)

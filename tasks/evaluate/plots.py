@@ -21,7 +21,7 @@ from matplotlib.figure import Figure  # the OO API: Agg canvas, no pyplot global
 
 from models.flow_matching import beta_alpha, beta_density
 from tasks.common.atomic import atomic_path
-from tasks.evaluate.metrics.bootstrap import BootstrapCI
+from tasks.common.bootstrap import BootstrapCI
 
 STAGES = ("pretrain", "finetune")
 

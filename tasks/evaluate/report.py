@@ -18,12 +18,12 @@ import soundfile as sf
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from tasks.common.atomic import atomic_path
+from tasks.common.bootstrap import BootstrapCI
 from tasks.common.reporting import Report, json_safe, log_report, markdown_table
 from tasks.evaluate import plots as eval_plots
 from tasks.evaluate.generated import GeneratedSet
 from tasks.evaluate.inputs import PromptSet, ReferenceSet
 from tasks.evaluate.listening_page import Clip, PromptEntry, render_page, write_page
-from tasks.evaluate.metrics.bootstrap import BootstrapCI
 from tasks.evaluate.sanity import SanityFlag, markdown_lines, run_description, sanity_flags
 from tasks.evaluate.scoring import TagVocabulary, predicted_genres
 from tasks.evaluate.summary import LOWER_IS_BETTER, SET_LABELS, ScoredSet, interval_record

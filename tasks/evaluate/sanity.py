@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tasks.evaluate.metrics.bootstrap import BootstrapCI
+from tasks.common.bootstrap import BootstrapCI
 from tasks.evaluate.summary import CEILING, CONTROLS, FLOOR, LOWER_IS_BETTER, MODEL, SET_LABELS
 
 Metrics = Mapping[str, Mapping[str, BootstrapCI]]  # set -> metric -> interval

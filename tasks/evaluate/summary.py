@@ -3,7 +3,7 @@
 A scored set is clips + the prompt each belongs to (several generations per prompt, one
 paired reference window, ...). Resampling is over prompts, a prompt's clips staying together,
 with one seed for every metric and set: two systems scored on the same prompts get the same
-resamples, so their intervals are paired (tasks/evaluate/metrics/bootstrap.py).
+resamples, so their intervals are paired (tasks/common/bootstrap.py).
 
 Metrics (paper 000 §III-B: CLAP score and FAD over CLAP embeddings; paper 003 §5.3: FAD, KL,
 IS as audioldm_eval computes them, p-MOS):
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.evaluate.metrics.bootstrap import BootstrapCI, bootstrap, bootstrap_mean
+from tasks.common.bootstrap import BootstrapCI, bootstrap, bootstrap_mean
 from tasks.evaluate.metrics.distributions import inception_score, kl_divergence, paired_cosine
 from tasks.evaluate.metrics.frechet import FrechetToReference, fad_infinity_fit
 from tasks.evaluate.scoring import ClipScores

@@ -122,6 +122,13 @@ class CurateParams(Section):
     low_share: Annotated[float, Field(ge=0.0, lt=1.0)]
     batch_size: PositiveInt
     cache_dir: str
+    # Label-free health gates (tasks/common/health.py): below min_clap_auc the CLAP cannot
+    # tell a val track's caption from another's, so its tiers would be noise; 0 disables.
+    min_clap_auc: Annotated[float, Field(ge=0.0, le=1.0)]
+    # validation_quantile thresholds from fewer val tracks than this are refused.
+    min_calibration_tracks: PositiveInt
+    health_resamples: PositiveInt  # bootstrap resamples of the health figures' intervals
+    health_confidence: Annotated[float, Field(gt=0.0, lt=1.0)]
 
     @model_validator(mode="after")
     def _tiers_are_ordered(self) -> Self:
@@ -205,6 +212,11 @@ class CaptionParams(Section):
     original_discard_share: Annotated[float, Field(ge=0.0, lt=1.0)]
     merge_share: Annotated[float, Field(ge=0.0, lt=1.0)]
     batch_size: PositiveInt
+    # Captioner health (tasks/common/health.py): below this share of the dataset's caption
+    # words that the captioner can write, refinement keeps every original caption.
+    min_captioner_coverage: Fraction
+    # A genre tag is confident at this zero-shot probability (tasks/common/health.py).
+    tag_confidence_floor: Fraction
 
 
 # --------------------------------------------------------------------------- latents

@@ -47,7 +47,7 @@ from tasks.curate.segments import (
     select_track,
 )
 from tasks.params import Params
-from tests.conftest import TINY_DATA, params_with
+from tests.conftest import HEALTH_GATES_OFF, TINY_DATA, params_with
 
 RATE = 16000
 ABSOLUTE = Thresholds(high=0.33, medium=0.20, mode="absolute")
@@ -339,7 +339,12 @@ def test_stage_end_to_end_on_a_tiny_corpus(shipped_params, tmp_path, monkeypatch
     clap_dir, quality_dir = save_random_scorers(base, tmp_path / "scorers")
     overlay = {
         "data": {**TINY_DATA, "root": "corpus"},
-        "curate": {"candidates_per_track": 6, "segment_seconds": 4.0, "keep_per_track": 3},
+        "curate": {
+            "candidates_per_track": 6,
+            "segment_seconds": 4.0,
+            "keep_per_track": 3,
+            **HEALTH_GATES_OFF,
+        },
         "backends": {
             "clap": {"name": "embedded", "path": str(clap_dir), "text_model_path": None},
             "quality": {"name": "embedded", "path": str(quality_dir)},
@@ -371,9 +376,18 @@ def test_stage_end_to_end_on_a_tiny_corpus(shipped_params, tmp_path, monkeypatch
     fig1 = pd.read_csv("reports/curation/clap_scores_val.csv")
     assert len(fig1) == (built.tracks["split"] == "val").sum() and fig1["track_id"].is_unique
     assert Path("reports/curation/clap_score_hist.png").stat().st_size > 1000
-    assert "## Ground truth" in Path("reports/curation.md").read_text()
+    page = Path("reports/curation.md").read_text()
+    assert "## Ground truth" in page
+    # the label-free health section leads the page, its figures are in the JSON and MLflow
+    assert page.split("\n\n")[1] == "## Scorer health on this data (label-free)"
+    health = report["health"]
+    assert health["clap"]["tracks"] == (built.tracks["split"] == "val").sum()
+    assert health["clap"]["auc"]["low"] <= health["clap"]["auc"]["value"] <= 1
+    assert health["quality"]["spearman"]["n"] == health["clap"]["tracks"]
+    assert 0 <= health["captioner"]["vocabulary"]["coverage"] <= 1
     runs = mlflow.search_runs(experiment_names=[params.tracking.experiment])
     assert len(runs) == 1 and runs.loc[0, "metrics.candidates"] == len(segments)
+    assert runs.loc[0, "metrics.health.clap.auc.value"] == health["clap"]["auc"]["value"]
 
     curate.run(params)  # a rerun is all cache hits and changes nothing
     rerun = mlflow.search_runs(experiment_names=[params.tracking.experiment]).iloc[0]

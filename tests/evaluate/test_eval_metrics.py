@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import linalg, special
 
+from tasks.common.bootstrap import bootstrap, bootstrap_mean
 from tasks.evaluate.metrics import frechet
 from tasks.evaluate.metrics.attributes import (
     set_precision_recall,
@@ -16,7 +17,6 @@ from tasks.evaluate.metrics.attributes import (
     tempo_hits,
     top1_accuracy,
 )
-from tasks.evaluate.metrics.bootstrap import bootstrap, bootstrap_mean
 from tasks.evaluate.metrics.distributions import (
     audioldm_kl,
     clap_score,

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tasks.evaluate.metrics.bootstrap import BootstrapCI
+from tasks.common.bootstrap import BootstrapCI
 from tasks.evaluate.sanity import markdown_lines, run_description, sanity_flags
 from tasks.evaluate.scoring import ClipScores
 from tasks.evaluate.summary import (

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -161,7 +163,11 @@ def test_curation_report_says_what_is_not_measurable(workspace) -> None:
     assert "no kept segment's track has a recorded quality level" in reasons["level_accuracy"]
     assert "no recorded caption noise" in reasons["ground_truth"]
     text = (base / "reports/curation.md").read_text()
-    assert text.count("not measurable on this data") == 2
+    health, body = text.split("## Tiers")
+    assert body.count("not measurable on this data") == 2
+    # 2 captioned val tracks: too few for the CLAP and p-MOS health figures, and it says so
+    assert "- CLAP: not measurable on this data: 2 val track(s) with a caption" in health
+    assert "- p-MOS: not measurable on this data: 2 scorable val track(s)" in health
     assert not re.search(r"\bnan\b", text, re.IGNORECASE)
 
 
@@ -201,6 +207,58 @@ def test_evaluation_says_attribute_accuracies_are_not_measurable(workspace) -> N
     text = (base / "reports/evaluation.md").read_text()
     assert "genre_accuracy: not measurable on this data: no prompt states a genre." in text
     assert not re.search(r"\bnan\b", text, re.IGNORECASE)
+
+
+def test_health_checks_lead_the_curation_report(workspace) -> None:
+    """Label-free figures on the ingested val tracks, with no ground truth to use."""
+    base = workspace[0]
+    health = json.loads((base / "reports/curation.json").read_text())["health"]
+    assert set(health) == {"clap", "quality", "captioner"}
+    vocabulary = health["captioner"]["vocabulary"]
+    # "a calm piece number i": the embedded captioner writes "calm" and "piece", not "number"
+    assert vocabulary["coverage"] == pytest.approx(2 / 3) and vocabulary["top_uncovered"] == [
+        "number"
+    ]
+    page = (base / "reports/curation.md").read_text()
+    assert page.split("\n\n")[1] == "## Scorer health on this data (label-free)"
+    gate = json.loads((base / "reports/captions.json").read_text())["captioner_gate"]
+    assert gate["coverage"] == pytest.approx(2 / 3) and not gate["keeps_originals"]
+
+
+def test_refinement_keeps_the_originals_when_the_captioner_cannot_write_them(
+    workspace, tmp_path
+) -> None:
+    base, params, _ = workspace
+    shutil.copytree(base, tmp_path / "copy")
+    strict = params.model_copy(
+        update={"captions": params.captions.model_copy(update={"min_captioner_coverage": 0.9})}
+    )
+    with inside_workspace(tmp_path / "copy"):
+        summary = captions.run(strict)
+    assert summary["captioner_gate"]["keeps_originals"]
+    assert "below captions.min_captioner_coverage = 0.9" in summary["captioner_gate"]["reason"]
+    table = pd.read_parquet(tmp_path / "copy/data/captions/captions.parquet")
+    assert (table["refinement"] == "original_kept").all()
+    assert (table["caption_refined"] == table["caption_holistic"]).all()
+
+
+def test_curate_refuses_a_clap_that_does_not_know_the_music(
+    shipped_params, tmp_path, monkeypatch
+) -> None:
+    overlay = {"curate": {"min_clap_auc": 1.0}, "data": {"val_fraction": 0.45}}
+    params = write_corpus(ingested_raw(shipped_params, tmp_path, overlay), tmp_path)
+
+    def curation_started(*_args: object) -> None:
+        raise AssertionError("curate scored the corpus before its CLAP gate")
+
+    monkeypatch.setattr(curate, "curate_segments", curation_started)
+    with inside_workspace(tmp_path), pytest.raises(PreflightError) as raised:
+        curate.run(params)
+    message = str(raised.value)
+    assert "curate.min_clap_auc = 1.0, and the CLAP (backends.clap.name = embedded)" in message
+    assert "(0.5 = chance" in message and "backends.clap.name: crossfit" in message
+    runs = mlflow.search_runs(experiment_names=[params.tracking.experiment])
+    assert runs.loc[0, "status"] == "FAILED" and "metrics.health.clap.auc.value" in runs
 
 
 # --------------------------------------------------------------------------- pre-flight
@@ -265,7 +323,7 @@ def test_caption_column_and_calibration_checks(tiny_params) -> None:
     assert evaluation_prompt_problems(3, tiny_params) == []
     # holistic exists on train only: quantile thresholds have no val score to calibrate on
     (problem,) = calibration_problems(tracks, tiny_params)
-    assert "none of this corpus's 2 val track(s) has a caption_holistic" in problem
+    assert "0 of this corpus's 2 val track(s) have a caption_holistic" in problem
     absolute = tiny_params.model_copy(
         update={"curate": tiny_params.curate.model_copy(update={"threshold_mode": "absolute"})}
     )

@@ -1,4 +1,7 @@
-"""Percentile-bootstrap confidence intervals over prompts, for per-item and set-level metrics."""
+"""Percentile-bootstrap confidence intervals over items, for per-item and set-level metrics.
+
+Shared by `evaluate` (over prompts) and `curate`'s label-free health checks (over val tracks).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-
-from tasks.evaluate.metrics.checks import as_float_array
 
 # Bootstrap resample indices are drawn in chunks of at most this many entries (memory bound).
 _BOOTSTRAP_CHUNK_ELEMENTS = 1 << 22
@@ -118,7 +119,9 @@ def bootstrap_mean(
     the same seed. The percentile interval under-covers a little for small n and skewed values
     (about 92 % for a nominal 95 % at n = 40 exponential draws); report n with it.
     """
-    array = as_float_array(values, "values")
+    array = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError("values contains NaN or inf")
     if array.ndim != 1:
         raise ValueError(f"values must be 1-D per-item values, got shape {array.shape}")
     _check_bootstrap_args(array.size, confidence, resamples)
