@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pandas as pd
@@ -169,3 +170,52 @@ def test_each_fold_is_standardised_on_its_own_mismatched_pairs(tmp_path):
         assert norm.pairs == mismatched.size
         assert mismatched.mean() == pytest.approx(0.0, abs=1e-4)
         assert mismatched.std() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_scorers_stage_trains_it_and_curate_scores_out_of_fold(
+    shipped_params, tmp_path, monkeypatch
+):
+    """The real path: `python -m tasks.scorers` with backends.clap.name = crossfit, then
+    curate's candidate scores, each from the model that never saw the candidate's track."""
+    from tasks.common.audio_io import read_audio
+    from tasks.common.score_cache import ScoreCache
+    from tasks.corpus import stage as corpus
+    from tasks.curate import stage as curate
+    from tasks.scorers import stage as scorers
+    from tests.conftest import TINY_DATA, TINY_SCORERS
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    overlay = {
+        "data": {**TINY_DATA, "root": "corpus"},
+        "scorers": TINY_SCORERS,
+        "curate": {"candidates_per_track": 3, "segment_seconds": 4.0, "keep_per_track": 2},
+        "backends": {"clap": {"name": "crossfit", "path": "cf", "folds": 3}},
+    }
+    params = params_with(shipped_params, overlay)
+    built = corpus.build_corpus(params.data, params.seed, 4.0, tmp_path / "corpus")
+    corpus.write_corpus(built, tmp_path / "corpus")
+    monkeypatch.setattr(scorers, "load_stage_params", lambda: params)
+    scorers.main()
+
+    clap = load_clap(params.backends.clap)
+    assert isinstance(clap, CrossfitClap) and len(clap.members) == 3
+    assert set(clap.fold_of) == set(built.tracks["track_id"])  # every split has a fold
+    reach = json.loads((tmp_path / "reports/scorers.json").read_text())["clap"]
+    assert 0.0 <= reach["auc_shuffled"] <= 1.0
+
+    tracks = built.tracks
+    with ScoreCache(tmp_path / "cache") as cache:
+        candidates, _ = curate.clap_scores(
+            tracks, tmp_path / "corpus", params, curate.load_scorers(params, cache)
+        )
+    rate = params.data.sample_rate
+    for row in candidates.dropna(subset=["clap_score"]).head(6).itertuples():
+        track = tracks.set_index("track_id").loc[row.track_id]
+        audio = read_audio(tmp_path / "corpus" / track.audio_path, rate)
+        window = audio[round(row.start_s * rate) : round(row.end_s * rate)]
+        fold = clap.fold_of[row.track_id]
+        member, norm = clap.members[fold], clap.normalisers[fold]
+        raw = member.embed_audio([window], rate)[0] @ member.embed_text([track.caption_holistic])[0]
+        assert row.clap_score == pytest.approx((raw - norm.mean) / norm.std, rel=1e-3, abs=1e-3)
