@@ -180,6 +180,8 @@ def fold_normalisers(
         )
         scores = audio @ text.T
         mismatched = scores[np.array(owners)[:, None] != np.array(rows)[None, :]]
+        if not np.isfinite(mismatched).all() or mismatched.std() <= 0:
+            raise FloatingPointError(f"fold {fold}'s model scores every mismatched pair alike")
         normalisers.append(
             FoldNormaliser(float(mismatched.mean()), float(mismatched.std()), int(mismatched.size))
         )
