@@ -1,4 +1,4 @@
-"""CLAP backends (`backends.clap`): `laion`, `hf` (paper scale) and `embedded`.
+"""CLAP backends (`backends.clap`): `laion`, `hf` (paper scale), `embedded` and `crossfit`.
 
 The CLAP score of a clip and a caption is the dot product of their L2-normalised
 embeddings (paper 000 §II-A; docs/reference.md §E).
@@ -10,13 +10,18 @@ embeddings (paper 000 §II-A; docs/reference.md §E).
 * `hf`: the transformers port (`ClapModel` + `ClapProcessor`, e.g. laion/larger_clap_music)
   from one save_pretrained directory at `backends.clap.path`.
 
+* `crossfit`: k embedded CLAPs trained on the dataset's own pairs, a pair scored only by the
+  model that never saw its track (tasks/backends/crossfit_clap.py). Pair scores go through
+  `pair_audio` / `pair_text` / `pair_scores` / `score_matrix`, which every caller that
+  scores (segment, caption) pairs uses; for the other backends they are the plain cosine.
+
 Both take clips of at most 10 s (docs/reference.md pitfall 10: laion and the HF feature
 extractor crop longer input at random); callers split longer audio into fixed windows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,7 @@ import torch.nn.functional as F
 
 from tasks.backends import laion_clap_loader
 from tasks.backends.base import ClapBackend, Registry, require_path, resample
+from tasks.backends.crossfit_clap import CrossfitClap, load_crossfit_clap
 from tasks.backends.embedded import load_embedded_clap
 from tasks.params import BackendChoice
 
@@ -259,6 +265,11 @@ def _embedded(choice: BackendChoice, key: str) -> ClapBackend:
     return load_embedded_clap(choice.path, key)
 
 
+@CLAP_BACKENDS.register("crossfit")
+def _crossfit(choice: BackendChoice, key: str) -> ClapBackend:
+    return load_crossfit_clap(choice.path, key)
+
+
 @CLAP_BACKENDS.register("laion")
 def _laion(choice: BackendChoice, key: str) -> ClapBackend:
     text_key = f"{key.rsplit('.', 1)[0]}.text_model_path"
@@ -278,3 +289,41 @@ def text_embeddings(clap: ClapBackend, captions: list[str], batch_size: int) -> 
     return np.concatenate(
         [clap.embed_text(captions[i : i + batch_size]) for i in range(0, len(captions), batch_size)]
     )
+
+
+# --------------------------------------------------------------------------- pair scores
+# A (segment, caption) score may depend on the segment's track (crossfit: the model that
+# held the track out), so pair scoring takes audio and text features plus the audio's track
+# ids. Features depend on content only, so curate can cache audio features by content.
+def pair_audio(clap: ClapBackend) -> Callable[[Sequence[np.ndarray], int], np.ndarray]:
+    """The audio features pair scores are computed from (what curate caches)."""
+    return clap.fold_audio if isinstance(clap, CrossfitClap) else clap.embed_audio
+
+
+def pair_text(clap: ClapBackend, captions: list[str], batch_size: int) -> np.ndarray:
+    if isinstance(clap, CrossfitClap):
+        return np.concatenate(
+            [
+                clap.fold_text(captions[i : i + batch_size])
+                for i in range(0, len(captions), batch_size)
+            ]
+        )
+    return text_embeddings(clap, captions, batch_size)
+
+
+def score_matrix(
+    clap: ClapBackend, audio: np.ndarray, text: np.ndarray, track_ids: Sequence[str]
+) -> np.ndarray:
+    """[N, M]: audio features row i (of track `track_ids[i]`) against every text row."""
+    if isinstance(clap, CrossfitClap):
+        return clap.score_matrix(audio, text, track_ids)
+    return audio @ text.T
+
+
+def pair_scores(
+    clap: ClapBackend, audio: np.ndarray, text: np.ndarray, track_ids: Sequence[str]
+) -> np.ndarray:
+    """[N]: audio features row i against text row i (paper 000 §II-A: the cosine)."""
+    if isinstance(clap, CrossfitClap):
+        return clap.pair_scores(audio, text, track_ids)
+    return np.einsum("nd,nd->n", audio, text)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.backends.base import ClapBackend
-from tasks.backends.clap import load_clap, text_embeddings
+from tasks.backends.clap import load_clap, pair_audio, pair_scores, pair_text
 from tasks.backends.quality import load_quality
 from tasks.common import schema
 from tasks.common.atomic import write_parquet
@@ -58,8 +58,8 @@ REJECT_COLUMNS: dict[str, str] = {
 
 @dataclass
 class Scorers:
-    clap: ClapBackend  # text embeddings (one per unique caption, not cached)
-    clap_audio: CachedScorer  # audio embeddings, cached by content
+    clap: ClapBackend  # text features (one per unique caption, not cached) and pair scores
+    clap_audio: CachedScorer  # audio features (tasks/backends/clap.py pair_audio), by content
     quality: CachedScorer  # p-MOS, cached by content
 
     def stats(self) -> dict[str, dict[str, int]]:
@@ -75,7 +75,7 @@ def load_scorers(params: Params, cache: ScoreCache) -> Scorers:
             cache,
             "clap_audio",
             backend_identity("clap", params.backends.clap),
-            clap.embed_audio,
+            pair_audio(clap),
             size,
         ),
         CachedScorer(
@@ -162,11 +162,13 @@ def clap_scores(
     scored = ~candidates["silent"].to_numpy(dtype=bool)
     if audio:
         captions = sorted(set(candidates.loc[scored, "caption"]))
-        text = text_embeddings(scorers.clap, captions, params.curate.batch_size)
+        text = pair_text(scorers.clap, captions, params.curate.batch_size)
         caption_row = {caption: i for i, caption in enumerate(captions)}
         rows_of_text = text[[caption_row[c] for c in candidates.loc[scored, "caption"]]]
-        # paper 000 §II-A: the CLAP score is the audio-text cosine (both L2-normalised)
-        scores[scored] = np.einsum("nd,nd->n", np.stack(audio), rows_of_text)
+        # paper 000 §II-A: the CLAP score is the audio-text cosine (both L2-normalised);
+        # the cross-fitted CLAP's is the out-of-fold z-score of the segment's track's model
+        track_ids = candidates.loc[scored, "track_id"].astype(str).tolist()
+        scores[scored] = pair_scores(scorers.clap, np.stack(audio), rows_of_text, track_ids)
     candidates["clap_score"] = scores
     return candidates.drop(columns=["caption", "silent"]), schema.frame(rejects, REJECT_COLUMNS)
 
@@ -252,6 +254,15 @@ def health_checks(
 
 
 # --------------------------------------------------------------------------- stage
+def clap_scale_problems(params: Params) -> list[str]:
+    """The cross-fitted CLAP scores z-scores (tasks/backends/crossfit_clap.py), not cosines
+    on LAION-CLAP's scale: absolute thresholds would keep or drop nearly everything."""
+    if params.backends.clap.name == "crossfit" and params.curate.threshold_mode == "absolute":
+        return [
+            "curate.threshold_mode = absolute, but backends.clap.name = crossfit scores "
+            "z-scores against mismatched pairs, not cosines: use validation_quantile"
+        ]
+    return []
 
 
 def run(params: Params) -> dict:
@@ -264,6 +275,7 @@ def run(params: Params) -> dict:
         [
             *caption_column_problems(tracks, params.curate.caption_column, "curate.caption_column"),
             *calibration_problems(tracks, params),
+            *clap_scale_problems(params),
         ],
         "curate",
     )

@@ -249,6 +249,10 @@ class BackendChoice(Section):
 class ClapChoice(BackendChoice):
     # LAION-CLAP builds its text branch from roberta-base: a local save_pretrained copy.
     text_model_path: str | None
+    # `crossfit` only: k tiny CLAPs, each trained on the dataset's pairs minus one fold of
+    # tracks and scoring only that fold (tasks/scorers/crossfit.py); k = 1 would score
+    # every track in-sample.
+    folds: Annotated[int, Field(ge=2)]
 
 
 class BackendParams(Section):

@@ -31,7 +31,8 @@ from scipy import stats
 
 from models.scorers import MelConfig, TinyClap, TinyClapConfig
 from tasks.backends.base import checkpoint_identity
-from tasks.backends.clap import load_clap
+from tasks.backends.clap import load_clap, pair_audio, pair_text, score_matrix
+from tasks.backends.crossfit_clap import save_crossfit
 from tasks.backends.embedded import save_checkpoint
 from tasks.backends.frame_teacher import load_frame_teacher
 from tasks.backends.quality import load_quality
@@ -49,6 +50,7 @@ from tasks.common.quality_levels import quality_level
 from tasks.common.rank_metrics import recall_at_k, roc_auc, spearman
 from tasks.common.tracking import stage_run
 from tasks.params import Params, load_stage_params
+from tasks.scorers.crossfit import cross_fit, crossfit_problems, crossfit_settings
 from tasks.scorers.pairs import Pairs, pretraining_pairs
 from tasks.scorers.quality import (
     RECORDED,
@@ -150,13 +152,15 @@ def clap_reach(clap, val: Split, clips: list, owners: np.ndarray, params: Params
             "note": f"not measurable on this data: {len(clean)} scorable val track(s) with a "
             "caption recorded as correct (caption_noise 'clean'); an ingested corpus has none"
         }
-    rate = params.scorers.sample_rate
-    audio = batched(lambda c: clap.embed_audio(c, rate), clips, params.curate.batch_size)
+    rate, size = params.scorers.sample_rate, params.curate.batch_size
+    # pair features + track ids: the cross-fitted CLAP scores each window out-of-fold
+    audio = batched(lambda c: pair_audio(clap)(c, rate), clips, size)
     # a track without the caption is never a retrieval query nor a positive (not `correct`)
-    text = clap.embed_text(captions.fillna("").tolist())
-    scores = audio @ text.T  # [windows, tracks]
+    text = pair_text(clap, captions.fillna("").tolist(), size)
+    ids = val.tracks["track_id"].astype(str).to_numpy()
+    scores = score_matrix(clap, audio, text, ids[owners])  # [windows, tracks]
     per_track = np.stack([audio[owners == i].mean(0) for i in clean])
-    similarity = text[clean] @ per_track.T  # text queries x audio gallery
+    similarity = score_matrix(clap, per_track, text[clean], ids[clean]).T  # text x audio
     own = scores[np.arange(len(owners)), owners]
     is_clean_window = np.isin(owners, clean)
     shuffled = scores[is_clean_window][:, clean]
@@ -274,14 +278,34 @@ def check_real_backends(params: Params) -> dict:
     return identity
 
 
+def train_crossfit_clap(params: Params, tracks: pd.DataFrame, corpus_root: Path) -> None:
+    """backends.clap.name = crossfit: k tiny CLAPs on every track's own pairs (all splits:
+    curation scores every split, so every track needs a model that never saw it). The k
+    loss curves go to MLflow only (their last value), not to reports/: DVC's plots stay
+    the same whatever the backend."""
+    log = CurveLog()
+    every = tracks.reset_index(drop=True)
+    audio = [read_audio(corpus_root / p, params.scorers.sample_rate) for p in every["audio_path"]]
+    text = load_minilm(None, "backends.clap.path")
+    s = params.scorers
+    config = TinyClapConfig(mel_config(params), s.clap_channels, s.embed_dim, text.dim)
+    settings = crossfit_settings(params, crop_frames(params))
+    fitted = cross_fit(every, audio, config, text.sentence_embedding, settings, log)
+    path = require_output(params.backends.clap.path, "clap")
+    save_crossfit(fitted.models, fitted.fold_of, fitted.normalisers, path, {"seed": params.seed})
+    mlflow.log_metrics({f"{name}_last": points[-1][1] for name, points in log.points.items()})
+
+
 def preflight(tracks: pd.DataFrame, params: Params) -> None:
-    """Before minutes of training: the quality backend can learn from this corpus, and the
-    val split's reach figures have the caption they score (tasks/common/preflight.py)."""
+    """Before minutes of training: the quality backend can learn from this corpus, the
+    val split's reach figures have the caption they score (tasks/common/preflight.py), and
+    a cross-fitted CLAP has tracks for its folds and a directory of its own."""
     column = params.curate.caption_column
     require(
         [
             *quality_backend_problems(tracks, params),
             *caption_column_problems(tracks, column, "curate.caption_column"),
+            *crossfit_problems(tracks, params),
         ],
         "scorers",
     )
@@ -311,6 +335,8 @@ def main() -> None:
             clap = train_embedded_clap(params, pairs, log)
             for path in clap_paths:
                 save_checkpoint(clap, require_output(path, "clap"), {})
+        if backends.clap.name == "crossfit":
+            train_crossfit_clap(params, tracks, corpus_root)
         if embedded_quality:
             quality_set = (
                 recorded_set(train.waveforms, train.tracks["quality_level"], pairs, params)

@@ -70,7 +70,9 @@ def laion_checkpoint(roberta_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="module")
 def laion(laion_checkpoint: Path, roberta_dir: Path) -> ClapBackend:
-    choice = ClapChoice(name="laion", path=str(laion_checkpoint), text_model_path=str(roberta_dir))
+    choice = ClapChoice(
+        name="laion", path=str(laion_checkpoint), text_model_path=str(roberta_dir), folds=2
+    )
     return load_clap(choice)
 
 
@@ -120,7 +122,7 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def hf(hf_dir: Path) -> ClapBackend:
-    return load_clap(ClapChoice(name="hf", path=str(hf_dir), text_model_path=None))
+    return load_clap(ClapChoice(name="hf", path=str(hf_dir), text_model_path=None, folds=2))
 
 
 # --------------------------------------------------------------------------- both backends
@@ -215,7 +217,9 @@ def test_laion_refuses_pickled_objects(roberta_dir: Path, tmp_path: Path) -> Non
     path = tmp_path / "with-args.pt"
     torch.save({"state_dict": {}, "args": argparse.Namespace(amodel="HTSAT-base")}, path)
     with pytest.raises(pickle.UnpicklingError):
-        load_clap(ClapChoice(name="laion", path=str(path), text_model_path=str(roberta_dir)))
+        load_clap(
+            ClapChoice(name="laion", path=str(path), text_model_path=str(roberta_dir), folds=2)
+        )
 
 
 def test_laion_missing_paths_name_their_params_keys(
@@ -229,7 +233,7 @@ def test_laion_missing_paths_name_their_params_keys(
         (str(laion_checkpoint), str(tmp_path), r"backends\.clap\.text_model_path"),  # no config
     ]
     for path, text_model_path, key in cases:
-        choice = ClapChoice(name="laion", path=path, text_model_path=text_model_path)
+        choice = ClapChoice(name="laion", path=path, text_model_path=text_model_path, folds=2)
         with pytest.raises(BackendUnavailable, match=key):
             load_clap(choice)
 
@@ -249,7 +253,7 @@ def test_hf_reads_a_hub_layout_directory(hf: HfClap, hf_dir: Path, tmp_path: Pat
     hf.feature_extractor.save_pretrained(tmp_path)
     tiny_roberta_tokenizer().save_pretrained(tmp_path)
     assert not (tmp_path / "processor_config.json").exists()
-    copy = load_clap(ClapChoice(name="hf", path=str(tmp_path), text_model_path=None))
+    copy = load_clap(ClapChoice(name="hf", path=str(tmp_path), text_model_path=None, folds=2))
     np.testing.assert_array_equal(copy.embed_text(CAPTIONS), hf.embed_text(CAPTIONS))
 
 
@@ -266,10 +270,10 @@ def test_hf_features_output_of_either_transformers_major() -> None:
 def test_hf_missing_directory_names_the_key(tmp_path: Path) -> None:
     for path in (None, str(tmp_path / "absent"), str(tmp_path)):
         with pytest.raises(BackendUnavailable, match=r"backends\.clap\.path"):
-            load_clap(ClapChoice(name="hf", path=path, text_model_path=None))
+            load_clap(ClapChoice(name="hf", path=path, text_model_path=None, folds=2))
 
 
 def test_unknown_backend_lists_the_known_names() -> None:
     assert {"embedded", "hf", "laion"} <= set(CLAP_BACKENDS.names)
     with pytest.raises(ValueError, match=r"backends\.clap\.name.*embedded, hf, laion"):
-        load_clap(ClapChoice(name="clap-9000", path=None, text_model_path=None))
+        load_clap(ClapChoice(name="clap-9000", path=None, text_model_path=None, folds=2))

@@ -86,7 +86,9 @@ def test_embedded_checkpoints_load_through_the_registries(tmp_path):
     save_checkpoint(_tiny_clap(), tmp_path / "clap", {})
     torch.manual_seed(0)
     save_checkpoint(QualityRegressor(QualityRegressorConfig(MEL, 8)), tmp_path / "q", {})
-    clap = load_clap(ClapChoice(name="embedded", path=str(tmp_path / "clap"), text_model_path=None))
+    clap = load_clap(
+        ClapChoice(name="embedded", path=str(tmp_path / "clap"), text_model_path=None, folds=2)
+    )
     assert isinstance(clap, ClapBackend) and clap.sample_rate == 16000
     rng = np.random.default_rng(0)
     clips = [rng.uniform(-0.5, 0.5, 48000 * 2).astype(np.float32) for _ in range(3)]
@@ -106,7 +108,9 @@ def test_embedded_checkpoints_load_through_the_registries(tmp_path):
 
 def test_missing_or_wrong_checkpoints_name_the_params_key(tmp_path):
     with pytest.raises(BackendUnavailable, match=r"backends\.clap\.path"):
-        load_clap(ClapChoice(name="embedded", path=str(tmp_path / "nope"), text_model_path=None))
+        load_clap(
+            ClapChoice(name="embedded", path=str(tmp_path / "nope"), text_model_path=None, folds=2)
+        )
     save_checkpoint(_tiny_clap(), tmp_path / "clap", {})
     with pytest.raises(ValueError, match=r"backends\.quality\.path.*tiny_clap"):
         load_quality(BackendChoice(name="embedded", path=str(tmp_path / "clap")))
