@@ -53,11 +53,12 @@ BAD = {  # path as captioned / found -> the reason ingest gives
     "artist_c/absent.wav": "missing_audio",
     "artist_c/uncaptioned.wav": "no_caption",
 }
-# Sizes for ten tracks: 3 test tracks (evaluation prompts), 2 val (quantile calibration).
+# Sizes for ten tracks: 3 test tracks (evaluation prompts), 3 val (the health checks'
+# minimum, all captioned at this seed), 4 train.
 INGESTED = {
     "data": {
         "source": "ingest",
-        "val_fraction": 0.25,
+        "val_fraction": 0.3,
         "test_fraction": 0.3,
         "eval_prompt_count": 3,
         "workers": 1,
@@ -88,9 +89,10 @@ INGESTED = {
     "finetune": {"optim": {"batch_size": 2, "eval_every": 4, "checkpoint_every": 4}},
     "evaluate": {"reference_windows": 1},
 }
-# The scorers' health-check gates (issue 19 item 3) lowered for a ten-track set go here, so
-# that the tiny set passes them; the figures they write are in the `reports` fixture.
-HEALTH_GATES: dict = {}
+# The scorers' health-check gates lowered for a ten-track set: a CLAP trained for seconds on 4
+# tracks knows nothing (the gate would rightly refuse), and 3 val tracks calibrate the tiers.
+# The captioner's coverage gate stays as shipped: refinement keeps the originals below it.
+HEALTH_GATES = {"curate": {"min_clap_auc": 0.0, "min_calibration_tracks": 3}}
 
 
 def figure(index: int, seconds: float = 6.0) -> np.ndarray:
@@ -257,3 +259,20 @@ def test_the_inbox_is_what_makes_corpus_stale(dag) -> None:
     assert stale() == {"corpus"}
     (root / "inbox/audio/artist_c/11.wav").unlink()
     assert stale() == set()
+
+
+def test_health_checks_lead_the_curation_report(dag, reports) -> None:
+    """Label-free figures on the dataset's own 3 val tracks, with their chance levels."""
+    health = reports["curation.json"]["health"]
+    clap, quality, captioner = health["clap"], health["quality"], health["captioner"]
+    assert clap["tracks"] == 3 and clap["chance_auc"] == 0.5
+    assert clap["chance_r_at_1"] == 1 / 3
+    for figure_ in (clap["auc"], clap["r_at_1"], quality["spearman"]):
+        assert figure_["low"] <= figure_["value"] <= figure_["high"]
+    assert 0.0 <= clap["auc"]["value"] <= 1.0
+    assert -1.0 <= quality["spearman"]["value"] <= 1.0 and quality["tracks"] == 3
+    assert set(quality["spearman_by_kind"]) == {"noise", "bandlimit", "clip", "bitcrush"}
+    assert 0.0 <= captioner["vocabulary"]["coverage"] <= 1.0 and "tags" in captioner
+    curation = (dag[0] / "reports/curation.md").read_text()
+    first_section = curation.split("\n## ", 2)[1]
+    assert first_section.startswith("Scorer health on this data"), curation[:400]
