@@ -5,7 +5,7 @@ params `data.degradation` (list index = level - 1), so the quality predictor and
 quality token have a ground truth to learn and to be checked against. The same functions
 degrade any clip, not only generated ones: `degraded_copies` and `level_grid` give a real
 dataset's own clips known levels (the label-free p-MOS targets of `scorers` and the p-MOS
-health check, README "Real data").
+health check, README "Your own data").
 """
 
 from __future__ import annotations
