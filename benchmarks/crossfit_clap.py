@@ -3,8 +3,8 @@
 On the embedded corpus's train split, whose wrong captions (`caption_noise == "wrong"`,
 another track's caption) are recorded, how well do out-of-fold scores separate wrong from
 clean pairs? For each k it times `tasks.scorers.crossfit.cross_fit` (k tiny-CLAP trainings
-at params.yaml's `scorers.clap` + the fold normalisers) and prints the wrong-vs-clean ROC-AUC
-of the CLAP score of `curate.caption_column`: per segment (`curate.candidates_per_track`
+at params.yaml's `scorers.clap` + each fold's reference captions) and prints the wrong-vs-clean
+ROC-AUC of the CLAP score of `curate.caption_column`: per segment (`curate.candidates_per_track`
 evenly spaced windows of `curate.segment_seconds` per track) and per track (the mean of its
 windows, as curation keeps or drops a track's segments together). The reference line is one
 tiny CLAP trained on the whole split and scored on it (what cross-fitting avoids).
@@ -33,12 +33,7 @@ from tasks.backends.text_encoder import load_minilm
 from tasks.common.rank_metrics import roc_auc
 from tasks.corpus.stage import build_corpus, write_corpus
 from tasks.params import Params, load_params
-from tasks.scorers.crossfit import (
-    CrossfitSettings,
-    cross_fit,
-    fold_data,
-    window_starts,
-)
+from tasks.scorers.crossfit import CrossfitSettings, cross_fit, fold_data
 from tasks.scorers.stage import crop_frames, load_split, mel_config
 from tasks.scorers.training import train_clap
 
@@ -51,6 +46,13 @@ def corpus_root(params: Params, given: Path | None, scratch: Path) -> Path:
     corpus = build_corpus(params.data, params.seed, params.curate.segment_seconds, scratch)
     write_corpus(corpus, scratch)
     return scratch
+
+
+def window_starts(samples: int, length: int, count: int) -> np.ndarray:
+    """`count` evenly spaced window starts (none when the track is shorter than a window)."""
+    if samples < length:
+        return np.zeros(0, dtype=int)
+    return np.linspace(0, samples - length, count).astype(int)
 
 
 def windows(waveforms: list[np.ndarray], length: int, count: int) -> tuple[list, np.ndarray]:
@@ -131,8 +133,6 @@ def main() -> None:
             s.clap,
             crop_frames(params),
             params.curate.caption_column,
-            length,
-            s.eval_windows_per_track,
         )
         started, cpu = time.perf_counter(), time.process_time()
         fitted = cross_fit(rows, waves, config, encode, settings, lambda *_: None)
@@ -140,7 +140,7 @@ def main() -> None:
         clap = CrossfitClap(
             [EmbeddedClap(m, text_encoder) for m in fitted.models],
             fitted.fold_of,
-            fitted.normalisers,
+            fitted.references,
         )
         audio = batched(lambda c, clap=clap: clap.fold_audio(c, rate), clips)
         text = clap.fold_text(captions)[owners]

@@ -260,7 +260,7 @@ def clap_scale_problems(params: Params) -> list[str]:
     if params.backends.clap.name == "crossfit" and params.curate.threshold_mode == "absolute":
         return [
             "curate.threshold_mode = absolute, but backends.clap.name = crossfit scores "
-            "z-scores against mismatched pairs, not cosines: use validation_quantile"
+            "z-scores against its held-out reference captions, not cosines: use validation_quantile"
         ]
     return []
 

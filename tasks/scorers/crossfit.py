@@ -9,9 +9,10 @@ on the pairs of every fold but f, and a segment is only ever scored by the model
 saw its track (tasks/backends/crossfit_clap.py).
 
 The k models do not share a score scale (each has its own temperature and geometry), so
-each fold's scores are standardised against that model's own scores of mismatched pairs
-within its held-out fold (a window against another held-out track's caption): label-free,
-and 0 then means "as similar as a random caption" for every fold alike.
+a segment's score is standardised against the same model's scores of that segment with the
+captions of the held-out fold (its reference set): label-free, and 0 then means "as similar
+as a typical caption of the fold" for every fold and every segment alike
+(tasks/backends/crossfit_clap.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import pandas as pd
 import torch
 
 from models.scorers import TinyClap, TinyClapConfig
-from tasks.backends.crossfit_clap import FoldNormaliser
 from tasks.params import Params, ScorerOptim
 from tasks.scorers.training import CAPTION_COLUMNS, LogFn, track_log_mels, train_clap
 
@@ -38,9 +38,7 @@ class CrossfitSettings:
     seed: int
     optim: ScorerOptim  # scorers.clap: each fold model trains like the embedded CLAP
     crop_frames: int  # training windows (curate.segment_seconds, as the embedded CLAP)
-    caption_column: str  # curate.caption_column: the caption the normalisers score
-    window: int  # samples per scored window (curate.segment_seconds)
-    windows_per_track: int  # scorers.eval_windows_per_track
+    caption_column: str  # curate.caption_column: the reference captions' style
 
 
 def assign_folds(track_ids: list[str], folds: int, seed: int) -> dict[str, int]:
@@ -133,59 +131,26 @@ def train_fold_models(
     return models
 
 
-def window_starts(samples: int, length: int, count: int) -> np.ndarray:
-    """`count` evenly spaced window starts (none when the track is shorter than a window)."""
-    if samples < length:
-        return np.zeros(0, dtype=int)
-    return np.linspace(0, samples - length, count).astype(int)
-
-
 @torch.inference_mode()
-def fold_normalisers(
-    models: list[TinyClap],
-    fold_of: dict[str, int],
-    tracks: pd.DataFrame,
-    waveforms: list[np.ndarray],
-    caption_embeddings: np.ndarray,
-    window: int,
-    count: int,
-) -> list[FoldNormaliser]:
-    """Mean and std of model f's scores of mismatched pairs inside its held-out fold.
+def fold_references(
+    models: list[TinyClap], fold_of: dict[str, int], track_ids: list[str], captions: np.ndarray
+) -> list[np.ndarray]:
+    """Model f's text embeddings [r_f, D] of the scored captions of its held-out fold.
 
-    `caption_embeddings` [tracks, text_dim] are the scored caption's sentence embeddings
-    (NaN rows: no caption). Each held-out track contributes `count` windows; every window
-    is scored against the captions of the fold's other tracks.
+    `captions` [tracks, text_dim] are the scored caption's sentence embeddings (NaN rows: no
+    caption). A segment's pair score is standardised against its scores of these captions.
     """
-    normalisers = []
-    ids = tracks["track_id"].astype(str).tolist()
-    has_caption = ~np.isnan(caption_embeddings).any(axis=1)
+    references = []
+    has_caption = ~np.isnan(captions).any(axis=1)
     for fold, model in enumerate(models):
-        rows = [i for i, t in enumerate(ids) if fold_of[t] == fold and has_caption[i]]
-        clips, owners = [], []
-        for row in rows:
-            for start in window_starts(waveforms[row].size, window, count):
-                clips.append(waveforms[row][start : start + window])
-                owners.append(row)
-        text = model.embed_text(torch.from_numpy(caption_embeddings[rows])).numpy()
-        if len(set(owners)) < 2:
+        rows = [i for i, t in enumerate(track_ids) if fold_of[t] == fold and has_caption[i]]
+        if len(rows) < 2:
             raise ValueError(
-                f"backends.clap.folds: fold {fold} holds {len(set(owners))} scorable track(s) "
-                "with a caption; the fold's score scale needs two (use fewer folds)"
+                f"backends.clap.folds: fold {fold} holds {len(rows)} track(s) with a caption; "
+                "a segment's score scale needs two reference captions (use fewer folds)"
             )
-        audio = np.concatenate(
-            [
-                model.embed_audio(torch.from_numpy(np.stack(clips[i : i + 64]))).numpy()
-                for i in range(0, len(clips), 64)
-            ]
-        )
-        scores = audio @ text.T
-        mismatched = scores[np.array(owners)[:, None] != np.array(rows)[None, :]]
-        if not np.isfinite(mismatched).all() or mismatched.std() <= 0:
-            raise FloatingPointError(f"fold {fold}'s model scores every mismatched pair alike")
-        normalisers.append(
-            FoldNormaliser(float(mismatched.mean()), float(mismatched.std()), int(mismatched.size))
-        )
-    return normalisers
+        references.append(model.embed_text(torch.from_numpy(captions[rows])).numpy())
+    return references
 
 
 def caption_embeddings_of(tracks: pd.DataFrame, column: str, encode) -> np.ndarray:
@@ -204,7 +169,7 @@ def caption_embeddings_of(tracks: pd.DataFrame, column: str, encode) -> np.ndarr
 class CrossfitResult:
     fold_of: dict[str, int]
     models: list[TinyClap]
-    normalisers: list[FoldNormaliser]
+    references: list[np.ndarray]  # per fold [r_f, D]
 
 
 def cross_fit(
@@ -215,17 +180,15 @@ def cross_fit(
     settings: CrossfitSettings,
     log: LogFn,
 ) -> CrossfitResult:
-    """Deal folds, train the k models, measure each one's mismatched-pair scale."""
+    """Deal folds, train the k models, embed each one's reference captions."""
     fold_of = assign_folds(tracks["track_id"].astype(str).tolist(), settings.folds, settings.seed)
     data = fold_data(tracks, waveforms, config, encode)
     models = train_fold_models(
         data, fold_of, config, settings.optim, settings.crop_frames, settings.seed, log
     )
     scored = caption_embeddings_of(tracks, settings.caption_column, encode)
-    normalisers = fold_normalisers(
-        models, fold_of, tracks, waveforms, scored, settings.window, settings.windows_per_track
-    )
-    return CrossfitResult(fold_of, models, normalisers)
+    references = fold_references(models, fold_of, data.track_ids, scored)
+    return CrossfitResult(fold_of, models, references)
 
 
 def crossfit_settings(params: Params, crop_frames: int) -> CrossfitSettings:
@@ -235,8 +198,6 @@ def crossfit_settings(params: Params, crop_frames: int) -> CrossfitSettings:
         optim=params.scorers.clap,
         crop_frames=crop_frames,
         caption_column=params.curate.caption_column,
-        window=round(params.curate.segment_seconds * params.scorers.sample_rate),
-        windows_per_track=params.scorers.eval_windows_per_track,
     )
 
 

@@ -292,7 +292,7 @@ def train_crossfit_clap(params: Params, tracks: pd.DataFrame, corpus_root: Path)
     settings = crossfit_settings(params, crop_frames(params))
     fitted = cross_fit(every, audio, config, text.sentence_embedding, settings, log)
     path = require_output(params.backends.clap.path, "clap")
-    save_crossfit(fitted.models, fitted.fold_of, fitted.normalisers, path, {"seed": params.seed})
+    save_crossfit(fitted.models, fitted.fold_of, fitted.references, path, {"seed": params.seed})
     mlflow.log_metrics({f"{name}_last": points[-1][1] for name, points in log.points.items()})
 
 

@@ -12,7 +12,7 @@ import torch
 
 from models.scorers import MelConfig, TinyClapConfig
 from tasks.backends.clap import load_clap, pair_audio, pair_scores, pair_text, score_matrix
-from tasks.backends.crossfit_clap import CrossfitClap, save_crossfit
+from tasks.backends.crossfit_clap import CrossfitClap, save_crossfit, standardised
 from tasks.curate.stage import clap_scale_problems
 from tasks.params import ClapChoice, ScorerOptim
 from tasks.scorers import crossfit
@@ -111,9 +111,9 @@ def test_no_track_is_scored_by_a_model_trained_on_it(tmp_path, monkeypatch):
     data_mels: list = []
     monkeypatch.setattr(crossfit, "train_clap", spy)
     monkeypatch.setattr(crossfit, "fold_data", keep_mels)
-    settings = CrossfitSettings(3, 5, OPTIM, 25, "caption_holistic", RATE, 2)
+    settings = CrossfitSettings(3, 5, OPTIM, 25, "caption_holistic")
     fitted = cross_fit(tracks, audio, CONFIG, _encode, settings, lambda *_: None)
-    save_crossfit(fitted.models, fitted.fold_of, fitted.normalisers, tmp_path / "cf", {})
+    save_crossfit(fitted.models, fitted.fold_of, fitted.references, tmp_path / "cf", {})
 
     # through the registry, as curate loads it (real MiniLM for the text side)
     choice = ClapChoice(name="crossfit", path=str(tmp_path / "cf"), text_model_path=None, folds=3)
@@ -133,9 +133,11 @@ def test_no_track_is_scored_by_a_model_trained_on_it(tmp_path, monkeypatch):
     scores = pair_scores(clap, features, text, ids)
     for row, track in enumerate(ids):
         fold = clap.fold_of[track]
-        member, norm = clap.members[fold], clap.normalisers[fold]
-        raw = member.embed_audio([windows[row]], RATE)[0] @ member.embed_text(captions[:1])[0]
-        assert scores[row] == pytest.approx((raw - norm.mean) / norm.std, rel=1e-4, abs=1e-4)
+        member, reference = clap.members[fold], clap.references[fold]
+        segment = member.embed_audio([windows[row]], RATE)[0]
+        raw, typical = segment @ member.embed_text(captions[:1])[0], reference @ segment
+        expected = (raw - typical.mean()) / typical.std()
+        assert scores[row] == pytest.approx(expected, rel=1e-4, abs=1e-4)
         other = clap.members[(fold + 1) % 3].embed_audio([windows[row]], RATE)[0]
         assert not np.allclose(other, features[row, fold * 8 : (fold + 1) * 8], atol=1e-3)
     assert np.allclose(np.diag(score_matrix(clap, features, text, ids)), scores)
@@ -148,28 +150,27 @@ def test_no_track_is_scored_by_a_model_trained_on_it(tmp_path, monkeypatch):
     assert clap.embedding_dim == 8
 
 
-def test_each_fold_is_standardised_on_its_own_mismatched_pairs(tmp_path):
+def test_each_fold_keeps_its_held_out_captions_as_the_reference():
+    """A segment's score is standardised against its fold model's embeddings of the held-out
+    fold's captions (label-free): those, and only those, are stored per fold."""
     tracks, audio = _corpus(9)
-    settings = CrossfitSettings(3, 1, OPTIM, 25, "caption_dense", RATE, 2)
+    settings = CrossfitSettings(3, 1, OPTIM, 25, "caption_dense")
     fitted = cross_fit(tracks, audio, CONFIG, _encode, settings, lambda *_: None)
-    for fold, (model, norm) in enumerate(zip(fitted.models, fitted.normalisers, strict=True)):
+    for fold, (model, reference) in enumerate(zip(fitted.models, fitted.references, strict=True)):
         rows = [i for i, t in enumerate(tracks["track_id"]) if fitted.fold_of[t] == fold]
         rows = [i for i in rows if isinstance(tracks.loc[i, "caption_dense"], str)]
-        clips, owners = [], []
-        for row in rows:
-            for start in crossfit.window_starts(audio[row].size, RATE, 2):
-                clips.append(audio[row][start : start + RATE])
-                owners.append(row)
         with torch.inference_mode():
-            a = model.embed_audio(torch.from_numpy(np.stack(clips))).numpy()
-            t = model.embed_text(
+            expected = model.embed_text(
                 torch.from_numpy(_encode(list(tracks.loc[rows, "caption_dense"])))
             ).numpy()
-        z = (a @ t.T - norm.mean) / norm.std
-        mismatched = z[np.array(owners)[:, None] != np.array(rows)[None, :]]
-        assert norm.pairs == mismatched.size
-        assert mismatched.mean() == pytest.approx(0.0, abs=1e-4)
-        assert mismatched.std() == pytest.approx(1.0, abs=1e-4)
+        assert np.allclose(reference, expected, atol=1e-6)
+    # standardised against its own references, every segment has mean 0 and std 1
+    rng = np.random.default_rng(0)
+    typical = rng.standard_normal((4, 6))
+    z = standardised(typical, typical)
+    assert np.allclose(z.mean(axis=1), 0.0) and np.allclose(z.std(axis=1), 1.0)
+    with pytest.raises(FloatingPointError):
+        standardised(typical, np.ones((4, 6)))
 
 
 @pytest.mark.slow
@@ -216,6 +217,9 @@ def test_scorers_stage_trains_it_and_curate_scores_out_of_fold(
         audio = read_audio(tmp_path / "corpus" / track.audio_path, rate)
         window = audio[round(row.start_s * rate) : round(row.end_s * rate)]
         fold = clap.fold_of[row.track_id]
-        member, norm = clap.members[fold], clap.normalisers[fold]
-        raw = member.embed_audio([window], rate)[0] @ member.embed_text([track.caption_holistic])[0]
-        assert row.clap_score == pytest.approx((raw - norm.mean) / norm.std, rel=1e-3, abs=1e-3)
+        member, reference = clap.members[fold], clap.references[fold]
+        segment = member.embed_audio([window], rate)[0]
+        raw = segment @ member.embed_text([track.caption_holistic])[0]
+        typical = reference @ segment
+        expected = (raw - typical.mean()) / typical.std()
+        assert row.clap_score == pytest.approx(expected, rel=1e-3, abs=1e-3)
