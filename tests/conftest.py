@@ -49,15 +49,19 @@ TINY_SCORERS = {
 
 
 # Test files whose tests run on one xdist worker (`make test`: -n 2 --dist loadgroup), by
-# group: each end-to-end module shares one Prefect stack among its tests (a module fixture,
-# tests/flows/conftest.py). The groups are the suite's longest chains and all copy the scratch
-# DAG, built once per run (`built_once`, SCRATCH_DAG): the largest group starts first, and the
-# worker that builds the DAG runs it; the others go, one per worker, to workers without a
-# group once the DAG is built, so that no worker idles on the build's lock meanwhile.
+# group: a module whose tests share a module fixture that builds something expensive (a
+# Prefect stack, a whole DAG) runs as one unit, or each worker, and each return to the module
+# after another, would build it again. The end-to-end sweep modules also copy the scratch
+# DAG, built once per run (`built_once`, SCRATCH_DAG): the first of them starts before
+# anything else, and its worker builds the DAG; another goes, one per worker, to a worker
+# without one once the DAG is built, so that no worker idles on the build's lock meanwhile.
 XDIST_GROUPS = {
     "tests/flows/test_sweep_e2e.py": "sweep-e2e",
     "tests/flows/test_table_e2e.py": "table-e2e",
+    "tests/ingested/test_ingested_dag.py": "ingested-dag",
+    "tests/ingested/test_ingested_stages.py": "ingested-stages",
 }
+SCRATCH_DAG_GROUPS = {"sweep-e2e", "table-e2e"}
 SCRATCH_DAG = "scratch-dag"
 
 
@@ -70,7 +74,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         return None
     from xdist.scheduler import LoadGroupScheduling
 
-    groups = set(XDIST_GROUPS.values())
     # the workers' base temporary folders live in the controller's: `built_once` writes there
     built = config._tmp_path_factory.getbasetemp() / f"{SCRATCH_DAG}.json"  # type: ignore[attr-defined]
 
@@ -86,14 +89,14 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
         def _next_scope(self, node: Any) -> str:
             queued = list(self.workqueue)
-            started = any(scope in groups for work in self.assigned_work.values() for scope in work)
-            has_group = any(scope in groups for scope in self.assigned_work.get(node, {}))
+            assigned = [scope for work in self.assigned_work.values() for scope in work]
+            if not SCRATCH_DAG_GROUPS & set(assigned):  # the DAG's build starts first
+                return next((s for s in queued if s in SCRATCH_DAG_GROUPS), queued[0])
+            mine = SCRATCH_DAG_GROUPS & set(self.assigned_work.get(node, {}))
             for scope in queued:
-                if scope not in groups:
+                if scope not in SCRATCH_DAG_GROUPS or (not mine and built.exists()):
                     return scope
-                if not started or (not has_group and built.exists()):
-                    return scope  # the first group, or a later one once the DAG is built
-            return queued[0]  # only groups are left: better late than never
+            return queued[0]  # only end-to-end groups are left: better late than never
 
     return FileGroupScheduling(config, log)
 
