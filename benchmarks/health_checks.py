@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.common.health import derangement
+from tasks.common.health import DERANGEMENT_STREAM
 from tasks.common.preflight import TRACK_CAPTION_COLUMNS
 from tasks.common.reporting import json_safe
 from tasks.common.score_cache import ScoreCache
+from tasks.common.seeds import derangement
 from tasks.curate.stage import health_checks, load_scorers
 from tasks.params import load_params
 
@@ -29,7 +30,7 @@ from tasks.params import load_params
 def shuffled_captions(tracks: pd.DataFrame, seed: int) -> pd.DataFrame:
     """Every track with the captions of another track (all styles moved together)."""
     out = tracks.copy()
-    order = derangement(len(tracks), seed)
+    order = derangement(len(tracks), [seed, DERANGEMENT_STREAM])
     for column in TRACK_CAPTION_COLUMNS:
         out[column] = tracks[column].to_numpy()[order]
     return out

@@ -28,8 +28,11 @@ import numpy as np
 
 from tasks.common.bootstrap import BootstrapCI, bootstrap, bootstrap_mean
 from tasks.common.rank_metrics import roc_auc, spearman
+from tasks.common.seeds import derangement
 
 NOT_MEASURABLE = "not measurable on this data"
+# the CLAP check's wrong captions: a random stream of its own (tasks/common/seeds.py)
+DERANGEMENT_STREAM = 19
 # Function words that carry no musical content: a caption's coverage is over the rest.
 STOPWORDS = frozenset(
     [
@@ -90,17 +93,6 @@ def ci_dict(ci: BootstrapCI) -> dict[str, float | int]:
     return {"value": ci.estimate, "low": ci.low, "high": ci.high, "n": ci.n}
 
 
-def derangement(n: int, seed: int) -> np.ndarray:
-    """A seeded permutation without fixed points: track i is paired with caption p[i] != i."""
-    if n < 2:
-        raise ValueError("a derangement needs at least 2 items")
-    rng = np.random.default_rng([seed, 19])
-    while True:  # accepted with probability ~1/e per draw
-        order = rng.permutation(n)
-        if not np.any(order == np.arange(n)):
-            return order
-
-
 # --------------------------------------------------------------------------- CLAP
 def retrieval_ranks(similarity: np.ndarray) -> np.ndarray:
     """Per text query i: how many audio items score strictly above its own audio i."""
@@ -127,7 +119,7 @@ def clap_health(
         return {"note": f"{NOT_MEASURABLE}: {n} val track(s) with a caption, 3 needed"}
     similarity = text @ audio.T  # [text queries, audio gallery]
     own = np.diag(similarity)
-    other = derangement(n, seed)
+    other = derangement(n, [seed, DERANGEMENT_STREAM])
     negative = similarity[other, np.arange(n)]  # audio i scored against caption other[i]
     distinct = np.array([captions[other[i]] != captions[i] for i in range(n)])
     if distinct.sum() == 0:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tasks.common.bootstrap import BootstrapCI, bootstrap, bootstrap_mean
+from tasks.common.seeds import derangement
 from tasks.evaluate.metrics.distributions import inception_score, kl_divergence, paired_cosine
 from tasks.evaluate.metrics.frechet import FrechetToReference, fad_infinity_fit
 from tasks.evaluate.scoring import ClipScores
@@ -80,19 +81,6 @@ class Reference:
 
     scores: ClipScores
     paired_row: np.ndarray  # [P]
-
-
-def derangement(n_items: int, seed: int) -> np.ndarray:
-    """A seeded permutation of range(n_items) that moves every item: each prompt's wrong
-    prompt for the CLAP control. Drawn at random rather than the next prompt in the file,
-    whose neighbours often share a genre; rejection sampling needs e ~ 2.7 draws on average."""
-    if n_items < 2:
-        raise ValueError(f"a derangement needs at least 2 items, got {n_items}")
-    rng = np.random.default_rng(seed)
-    while True:
-        order = rng.permutation(n_items)
-        if not np.any(order == np.arange(n_items)):
-            return order
 
 
 def per_prompt(values: np.ndarray, prompt_index: np.ndarray) -> np.ndarray:

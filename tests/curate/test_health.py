@@ -12,7 +12,6 @@ from tasks.captions.refinement import captioner_gate
 from tasks.common.health import (
     calibration_position,
     clap_health,
-    derangement,
     quality_health,
     tag_confidence,
     tag_health,
@@ -20,6 +19,7 @@ from tasks.common.health import (
     words_of,
 )
 from tasks.common.preflight import calibration_problems
+from tasks.common.seeds import derangement
 from tasks.curate.health import gate_problems, markdown
 from tests.conftest import TINY_DATA, params_with
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tasks.common.bootstrap import BootstrapCI
+from tasks.common.seeds import derangement
 from tasks.evaluate.sanity import markdown_lines, run_description, sanity_flags
 from tasks.evaluate.scoring import ClipScores
 from tasks.evaluate.summary import (
@@ -15,7 +16,6 @@ from tasks.evaluate.summary import (
     Reference,
     ScoredSet,
     Summariser,
-    derangement,
 )
 
 
