@@ -13,6 +13,7 @@ NAME`); its metrics are read back from it by name.
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import subprocess
@@ -35,6 +36,10 @@ RAN_STAGE = re.compile(r"Running stage '([^']+)'")
 LOCKED = "Unable to acquire lock"
 EXIT_CODE = re.compile(r"exited with (-?\d+)")
 LOG_TAIL_LINES = 40
+# Seconds between attempts of an experiment that could not take the repository's lock: DVC
+# itself gives up after 3 s, and on a loaded machine another trial's `dvc exp run --temp`
+# (copying the workspace, collecting its result) holds it longer. About a minute in all.
+LOCK_RETRY_DELAYS = (2.0, 4.0, 8.0, 16.0, 30.0)
 SHELL_SIGNAL_BASE = 128
 
 
@@ -58,6 +63,11 @@ class DvcResult:
         """Worth retrying: the stage was killed by a signal (OOM killer, preemption; training
         resumes from its last checkpoint) or another DVC process held the lock."""
         return self.killed_by is not None or LOCKED in self.log_tail
+
+    @property
+    def locked_out(self) -> bool:
+        """DVC refused to start: another DVC process held the repository's lock."""
+        return LOCKED in self.log_tail and not self.ran_stages and self.failed_stage is None
 
     @property
     def exit_status(self) -> int:
@@ -150,9 +160,20 @@ def run_experiment(
     log_path: Path,
     timeout_seconds: float | None,
 ) -> DvcResult:
-    """Run the experiment to its end (or its timeout) with its log in `log_path`."""
+    """Run the experiment to its end (or its timeout) with its log in `log_path`. An
+    experiment that DVC refused to start because another held the lock is started again
+    (after a jittered wait, so two refused trials don't collide again); it ran nothing."""
     command = exp_run_command(name, overrides)
-    return run_dvc(root, name, command, environment, log_path, timeout_seconds)
+    result = run_dvc(root, name, command, environment, log_path, timeout_seconds)
+    for delay in LOCK_RETRY_DELAYS:
+        if not result.locked_out:
+            break
+        wait = delay * random.uniform(0.5, 1.5)
+        with log_path.open("a") as log:
+            log.write(f"\nthe repository was locked: starting again in {wait:.1f} s\n")
+        time.sleep(wait)
+        result = run_dvc(root, name, command, environment, log_path, timeout_seconds, append=True)
+    return result
 
 
 def run_dvc(
@@ -162,9 +183,10 @@ def run_dvc(
     environment: Mapping[str, str],
     log_path: Path,
     timeout_seconds: float | None,
+    append: bool = False,
 ) -> DvcResult:
-    """Run a DVC command with its output in `log_path`. The stages' `python` is this
-    interpreter: its directory goes first on PATH."""
+    """Run a DVC command with its output in `log_path` (after what it holds, with `append`).
+    The stages' `python` is this interpreter: its directory goes first on PATH."""
     env = {
         **os.environ,
         **environment,
@@ -173,7 +195,8 @@ def run_dvc(
     }
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with log_path.open("w") as log:
+    offset = log_path.stat().st_size if append and log_path.exists() else 0
+    with log_path.open("a" if append else "w") as log:
         # Its own session: a timeout kills dvc and the stage it runs, not this process.
         process = subprocess.Popen(
             command,
@@ -191,7 +214,7 @@ def run_dvc(
             log.write(f"\ntimed out after {timeout_seconds:.0f} s: killed\n")
             returncode = -signal.SIGKILL
     seconds = time.perf_counter() - started
-    text = log_path.read_text(errors="replace")
+    text = log_path.read_bytes()[offset:].decode(errors="replace")  # this attempt's output
     stages = FAILED_STAGE.findall(text)
     tail = "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
     ran = tuple(dict.fromkeys(RAN_STAGE.findall(text)))

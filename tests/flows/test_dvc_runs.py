@@ -3,12 +3,17 @@ reasons read from DVC's log, overrides checked before anything runs."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+from dvc.lock import make_lock
 
 from flows import dvc_runs
 from tasks.params import ParamsError
@@ -111,3 +116,53 @@ def test_relative_sqlite_tracking_uri_is_anchored_at_the_repository(tmp_path: Pa
     assert anchored == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert dvc_runs.absolute_tracking_uri("sqlite:////abs/m.db", tmp_path) == "sqlite:////abs/m.db"
     assert dvc_runs.absolute_tracking_uri("http://mlflow:5000", tmp_path) == "http://mlflow:5000"
+
+
+def test_an_experiment_refused_by_a_held_lock_starts_again(tmp_path: Path) -> None:
+    """Another DVC process holding the repository's lock (a second trial copying its
+    workspace) makes `dvc exp run` give up after 3 s: the trial waits and starts again."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    (root / "params.yaml").write_text("x: 1\n")
+    stage = "import yaml; open('out.txt', 'w').write(str(yaml.safe_load(open('params.yaml'))))"
+    (root / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {"stages": {"s": {"cmd": f'python -c "{stage}"', "params": ["x"], "outs": ["out.txt"]}}}
+        )
+    )
+    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(command, cwd=root, env=env, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=root, env=env, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=root, env=env, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+        cwd=root,
+        check=True,
+    )
+    log_path = tmp_path / "exp.log"
+    lock = make_lock(str(root / ".dvc" / "tmp" / "lock"))
+    lock.lock()
+
+    def release_once_refused() -> None:
+        while dvc_runs.LOCKED not in (log_path.read_text() if log_path.exists() else ""):
+            time.sleep(0.1)
+        lock.unlock()
+
+    releaser = threading.Thread(target=release_once_refused, daemon=True)
+    releaser.start()
+    result = dvc_runs.run_experiment(
+        root, "after-lock", {"x": 2}, {}, log_path, timeout_seconds=300
+    )
+    releaser.join(timeout=1)
+    assert not releaser.is_alive(), "the first attempt was never refused"
+    assert result.succeeded and result.ran_stages == ("s",), result.log_tail
+    assert "the repository was locked: starting again" in log_path.read_text()
+
+
+def test_a_lock_refusal_is_told_apart_from_a_failed_stage() -> None:
+    refused = result(
+        "ERROR: Unable to acquire lock. Most likely another DVC process is running\n", 255
+    )
+    assert refused.locked_out and refused.transient
+    assert not result(KILLED).locked_out and not result(RAISED).locked_out

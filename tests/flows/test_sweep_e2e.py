@@ -181,7 +181,7 @@ def test_killed_trials_are_recorded_failed_and_the_sweep_finishes_the_others(sta
         optuna.trial.TrialState.FAIL,
         optuna.trial.TrialState.FAIL,
         optuna.trial.TrialState.COMPLETE,
-    ]
+    ], {number: trial.user_attrs.get("fail_reason") for number, trial in trials.items()}
     assert trials[0].user_attrs["fail_reason"] == "stage pretrain killed by SIGKILL"
     assert "ended Crashed before closing the trial" in trials[1].user_attrs["fail_reason"]
 
