@@ -13,6 +13,8 @@ stage, MLflow and Optuna bookkeeping. Figures are ratios to the trial's wall tim
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -21,12 +23,34 @@ import optuna
 
 from tests import prefect_stack, scratch_repo
 
+SPLIT = (
+    ("opening_seconds", "open"),
+    ("experiment_outside_stages_seconds", "dvc+start-ups"),
+    ("closing_seconds", "close"),
+)
 
-def report(root: Path, study_name: str, wall: float) -> None:
+
+def pickup_gaps(stack: prefect_stack.Stack, study_name: str) -> list[float]:
+    """Seconds from one trial flow run's end to the next one's start: the worker's polling,
+    the flow run's process start-up and Prefect's engine (one worker: trials in sequence)."""
+    code = (
+        "import json\nfrom prefect.client.orchestration import get_client\n"
+        "from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName\n"
+        "with get_client(sync_client=True) as c:\n"
+        f" runs = c.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName("
+        f"like_='{study_name}-trial-')))\n"
+        " print(json.dumps([[r.start_time.timestamp(), r.end_time.timestamp()]"
+        " for r in runs if r.start_time and r.end_time]))"
+    )
+    spans = sorted(json.loads(stack.python(code)))
+    return [start - end for (_, end), (start, _) in itertools.pairwise(spans)]
+
+
+def report(root: Path, study_name: str, wall: float, gaps: list[float]) -> None:
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{root / 'optuna.db'}")
     print(
         f"{'trial':>5} {'state':>9} {'wall s':>8} {'stages s':>9} {'training s':>11} "
-        f"{'overhead s':>11} {'overhead':>9}"
+        f"{'overhead s':>11} {'overhead':>9} " + " ".join(f"{label:>13}" for _, label in SPLIT)
     )
     rows = []
     for trial in study.trials:
@@ -39,7 +63,8 @@ def report(root: Path, study_name: str, wall: float) -> None:
             f"{trial.number:>5} {trial.state.name:>9} {attrs['trial_seconds']:>8.1f} "
             f"{attrs['stage_seconds']:>9.1f} {attrs['training_seconds']:>11.1f} "
             f"{attrs['overhead_seconds']:>11.1f} "
-            f"{attrs['overhead_seconds'] / attrs['trial_seconds']:>9.1%}"
+            f"{attrs['overhead_seconds'] / attrs['trial_seconds']:>9.1%} "
+            + " ".join(f"{attrs.get(key, float('nan')):>13.1f}" for key, _ in SPLIT)
         )
     if rows:
         total = sum(row["trial_seconds"] for row in rows)
@@ -49,6 +74,11 @@ def report(root: Path, study_name: str, wall: float) -> None:
             f"mean per trial: {total / len(rows):.1f} s, of which orchestration "
             f"{overhead / len(rows):.1f} s ({overhead / total:.1%}) and training "
             f"{training / len(rows):.1f} s ({training / total:.1%})"
+        )
+    if gaps:
+        print(
+            f"between trials (one worker): {sum(gaps) / len(gaps):.1f} s from a trial's end "
+            "to the next one's start (worker polling, flow-run process start-up)"
         )
     print(f"{len(study.trials)}-trial sweep: {wall:.0f} s wall, launch to report")
 
@@ -94,7 +124,7 @@ def main() -> None:
             wall = time.perf_counter() - started
             if result.returncode != 0:
                 raise SystemExit(result.stdout + result.stderr)
-            report(root, name, wall)
+            report(root, name, wall, pickup_gaps(stack, name))
 
 
 if __name__ == "__main__":
