@@ -8,8 +8,10 @@ checkpoint.
 
 import argparse
 
+from tasks.common.process import exit_now
 from tasks.train.stage import STAGES, main
 
 parser = argparse.ArgumentParser(prog="python -m tasks.train", description=__doc__)
 parser.add_argument("stage", choices=STAGES)
 main(parser.parse_args().stage)
+exit_now()
