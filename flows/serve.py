@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any, cast
 
 import httpx
@@ -39,8 +40,19 @@ from flows.settings import WORK_POOL, repository
 from flows.sweep import ablation_sweep
 from flows.table import ablation_table
 from flows.trial import ablation_trial
+from tasks.common import warm_start
 
 PREFECT = [sys.executable, "-m", "prefect"]
+# The stage packages whose `python -m` commands a worker's warm-start server runs.
+WARM_STAGES = (
+    "tasks.corpus",
+    "tasks.scorers",
+    "tasks.curate",
+    "tasks.captions",
+    "tasks.latents",
+    "tasks.train",
+    "tasks.evaluate",
+)
 
 
 def api_url() -> str:
@@ -96,28 +108,49 @@ def deploy_trial(repo: Path) -> None:
     )
 
 
-def start_workers(count: int, gpus: Sequence[str], log_dir: Path) -> list[subprocess.Popen]:
+def start_workers(
+    count: int, gpus: Sequence[str], log_dir: Path, repo: Path, warm: Path | None = None
+) -> list[subprocess.Popen]:
     """`count` CPU workers, or one per GPU id in `gpus`; each runs one trial at a time.
 
     The cores are split between them (OMP_NUM_THREADS, unless set): trials side by side
     with a thread per core each would oversubscribe the CPU, and OpenMP's spin-waiting then
-    slows all of them several-fold."""
+    slows all of them several-fold. With `warm` (a private directory for the sockets), each
+    worker gets a warm-start server of its own, with the worker's environment, and its
+    trials' stage commands start in forks of it (tasks/common/warm_start.py)."""
     slots = [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in gpus] or [{} for _ in range(count)]
     threads = str(max(1, (os.cpu_count() or 1) // max(1, len(slots))))
     slots = [
         {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads), **slot} for slot in slots
     ]
-    workers = []
+    processes = []
     log_dir.mkdir(parents=True, exist_ok=True)
     for index, extra in enumerate(slots):
         gpu = extra.get("CUDA_VISIBLE_DEVICES")
         name = f"gpu-{gpu}" if gpu is not None else f"local-{index}"
+        env = {**os.environ, **extra}
+        if warm is not None:
+            socket_path = warm / f"{name}.sock"
+            log_path = log_dir / f"warm-{name}.log"
+            processes.append(start_warm_server(socket_path, env, log_path, repo))
+            env[warm_start.ENV] = str(socket_path)
         command = [*PREFECT, "worker", "start", "--pool", WORK_POOL, "--limit", "1", "--name", name]
         with (log_dir / f"worker-{name}.log").open("a") as log:
-            workers.append(
-                subprocess.Popen(command, env={**os.environ, **extra}, stdout=log, stderr=log)
-            )
-    return workers
+            processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=log))
+    return processes
+
+
+def start_warm_server(
+    socket_path: Path, env: dict[str, str], log_path: Path, repo: Path
+) -> subprocess.Popen:
+    """A warm-start server for every stage's command, its stage code imported up front from
+    `repo` (it serves only commands whose working directory holds the same code)."""
+    command = [sys.executable, "-m", "tasks.common.warm_start", "--socket", str(socket_path)]
+    command += ["--parent", str(os.getpid())]  # a serve killed outright takes it down too
+    for module in WARM_STAGES:
+        command += ["--module", module, "--preload", f"{module}.stage"]
+    with log_path.open("a") as log:
+        return subprocess.Popen(command, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def stop_all(processes: Sequence[subprocess.Popen], timeout: float = 20.0) -> None:
@@ -154,21 +187,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--gpus", default="", help="one worker per GPU id, e.g. 0,1,2,3")
     parser.add_argument("--storage", default=None, help="default Optuna storage URL")
     parser.add_argument("--root", default=None, help="the repository (default: here)")
+    parser.add_argument(
+        "--cold-stages",
+        action="store_true",
+        help="start every stage command in a fresh interpreter (no warm-start servers)",
+    )
     args = parser.parse_args(argv)
     repo = repository(args.root)
     logs = repo / ".prefect" / "logs"
-    with local_server(api_url(), logs / "server.log"):
+    with local_server(api_url(), logs / "server.log"), contextlib.ExitStack() as stack:
         ensure_work_pool(WORK_POOL)
         deploy_trial(repo)
         gpus = [gpu for gpu in args.gpus.split(",") if gpu]
-        workers = start_workers(args.workers, gpus, logs)
-        print(f"{len(workers)} worker(s) on work pool {WORK_POOL}; serving deployments")
+        # the sockets' directory is private (0700): a warm server runs what it is sent
+        warm = None if args.cold_stages else Path(stack.enter_context(TemporaryDirectory()))
+        processes = start_workers(args.workers, gpus, logs, repo, warm)
+        workers = len(gpus) or args.workers
+        print(f"{workers} worker(s) on work pool {WORK_POOL}; serving deployments")
         # SIGTERM (a service manager, a test) stops like Ctrl-C: workers and server too.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
             serve_deployments(args.storage, repo)
         finally:
-            stop_all(workers)
+            stop_all(processes)
 
 
 if __name__ == "__main__":

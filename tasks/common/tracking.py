@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import mlflow
 
+from tasks.common.warm_start import WARM_CHILD_ENV
 from tasks.params import Params, TrackingParams, flatten
 from tasks.params.tracked import tracked_params
 
@@ -55,6 +56,8 @@ def stage_run(params: Params, stage: str) -> Iterator[mlflow.ActiveRun]:
         if experiment.tags.get(key) != value:
             mlflow.set_experiment_tag(key, value)
     tags = {**tags_from_environment(), "stage": stage}
+    if os.environ.get(WARM_CHILD_ENV):  # started in a fork of a worker's warm-start server
+        tags["warm_start"] = "true"
     parent = os.environ.get(PARENT_RUN_ENV) or None
     with mlflow.start_run(run_name=stage, tags=tags, parent_run_id=parent) as run:
         logged = flatten(tracked_params(params, stage))

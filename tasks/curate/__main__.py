@@ -1,7 +1,11 @@
 """`python -m tasks.curate`: the DVC stage's command."""
 
-from tasks.common.process import exit_now
-from tasks.curate.stage import main
+from tasks.common.warm_start import delegate_if_served
+
+delegate_if_served("tasks.curate")  # a warm start where a trial worker serves one (else no-op)
+
+from tasks.common.process import exit_now  # noqa: E402
+from tasks.curate.stage import main  # noqa: E402
 
 main()
 exit_now()

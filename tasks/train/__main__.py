@@ -6,10 +6,14 @@ the pretrained weights on the inference-style captions. The same command runs un
 checkpoint.
 """
 
-import argparse
+from tasks.common.warm_start import delegate_if_served
 
-from tasks.common.process import exit_now
-from tasks.train.stage import STAGES, main
+delegate_if_served("tasks.train")  # a warm start where a trial worker serves one (else no-op)
+
+import argparse  # noqa: E402
+
+from tasks.common.process import exit_now  # noqa: E402
+from tasks.train.stage import STAGES, main  # noqa: E402
 
 parser = argparse.ArgumentParser(prog="python -m tasks.train", description=__doc__)
 parser.add_argument("stage", choices=STAGES)

@@ -92,6 +92,8 @@ def test_sweep_deployment_runs_three_trials_end_to_end(stack):
     # each trial's stage runs nest under its child run
     stages = runs_of(stack.root, children[0].info.run_id)
     assert {run_.data.tags["stage"] for run_ in stages} == {"pretrain", "finetune", "evaluate"}
+    # ... each started in a fork of its worker's warm-start server (flows/serve.py)
+    assert {run_.data.tags.get("warm_start") for run_ in stages} == {"true"}
 
     report = (stack.root / "reports" / "ablations.md").read_text()
     for number in range(3):
