@@ -1,7 +1,9 @@
 """What a table's data-centric cells rely on: two trials (`dvc exp run --temp`) with the same
 upstream override share the upstream stage's output through DVC's run-cache (.dvc/cache/runs)
 when one finishes before the other starts, and both compute it when they run at once (why
-flows/studies.py upstream_first queues the first cell of each upstream group first)."""
+flows/studies.py upstream_first queues the first cell of each upstream group first). A stage
+with a `persist: true` output (dvc.yaml's `latents`) is never run-cached: every trial that
+changes its inputs computes it again."""
 
 from __future__ import annotations
 
@@ -33,13 +35,16 @@ def _run(root: Path, *command: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
-@pytest.fixture
-def scratch(tmp_path: Path) -> tuple[Path, Path]:
+def _scratch(tmp_path: Path, persist: bool) -> tuple[Path, Path]:
     root, log = tmp_path / "repo", tmp_path / "runs.log"
     root.mkdir()
     python = sys.executable
     stages = {
-        "up": {"cmd": f'{python} -c "{UP}" {log}', "params": ["up"], "outs": ["out/up.txt"]},
+        "up": {
+            "cmd": f'{python} -c "{UP}" {log}',
+            "params": ["up"],
+            "outs": [{"out/up.txt": {"persist": persist}}],
+        },
         "down": {
             "cmd": f'{python} -c "{DOWN}" {log}',
             "deps": ["out/up.txt"],
@@ -57,6 +62,11 @@ def scratch(tmp_path: Path) -> tuple[Path, Path]:
     _run(root, *git)
     log.write_text("")
     return root, log
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> tuple[Path, Path]:
+    return _scratch(tmp_path, persist=False)
 
 
 def _trial(up: int, down: int) -> tuple[str, ...]:
@@ -84,3 +94,11 @@ def test_two_trials_at_once_both_compute_the_upstream_stage(scratch) -> None:
     if any(trial.returncode for trial in trials):
         pytest.skip(f"one trial was refused the repository lock: {errors}")
     assert sorted(log.read_text().split()) == ["down", "down", "up", "up"]
+
+
+@pytest.mark.slow
+def test_a_persisted_output_is_computed_again_by_every_trial(tmp_path: Path) -> None:
+    root, log = _scratch(tmp_path, persist=True)
+    _run(root, *_trial(4, 1))
+    _run(root, *_trial(4, 2))
+    assert log.read_text().split() == ["up", "down", "up", "down"]
