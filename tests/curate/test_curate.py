@@ -48,7 +48,7 @@ from tasks.curate.segments import (
     select_track,
     select_unfiltered,
 )
-from tasks.params import Params
+from tasks.params import Params, merge
 from tests.conftest import HEALTH_GATES_OFF, TINY_DATA, params_with
 
 RATE = 16000
@@ -431,6 +431,17 @@ def test_stage_end_to_end_on_a_tiny_corpus(shipped_params, tmp_path, monkeypatch
     assert rerun["metrics.cache.clap_audio.backend_calls"] == 0
     assert rerun["metrics.cache.quality.backend_calls"] == 0
     pd.testing.assert_frame_equal(pd.read_parquet("data/curated/segments.parquet"), segments)
+
+    # the unfiltered baseline (curate.clap_filter false): as many kept, low tier included
+    unfiltered = params_with(shipped_params, merge(overlay, {"curate": {"clap_filter": False}}))
+    curate.run(unfiltered)
+    drawn = pd.read_parquet("data/curated/segments.parquet")
+    scored = drawn[drawn["clap_score"].notna()].groupby("track_id").size()
+    assert (drawn.groupby("track_id")["kept"].sum() == scored.clip(upper=3)).all()
+    assert drawn["kept"].sum() >= segments["kept"].sum()
+    assert set(drawn.loc[drawn["kept"] & (drawn["tier"] == LOW), "status"]) <= {"kept_low"}
+    assert drawn.loc[drawn["kept"], "quality_level"].notna().all()
+    assert "curate.clap_filter is false" in Path("reports/curation.md").read_text()
 
 
 def test_ground_truth_measures_on_a_hand_built_table() -> None:
