@@ -48,7 +48,7 @@ from tasks.curate.segments import (
     select_track,
     select_unfiltered,
 )
-from tasks.params import Params, merge
+from tasks.params import Params
 from tests.conftest import HEALTH_GATES_OFF, TINY_DATA, params_with
 
 RATE = 16000
@@ -433,7 +433,8 @@ def test_stage_end_to_end_on_a_tiny_corpus(shipped_params, tmp_path, monkeypatch
     pd.testing.assert_frame_equal(pd.read_parquet("data/curated/segments.parquet"), segments)
 
     # the unfiltered baseline (curate.clap_filter false): as many kept, low tier included
-    unfiltered = params_with(shipped_params, merge(overlay, {"curate": {"clap_filter": False}}))
+    off = {**overlay, "curate": {**overlay["curate"], "clap_filter": False}}
+    unfiltered = params_with(shipped_params, off)
     curate.run(unfiltered)
     drawn = pd.read_parquet("data/curated/segments.parquet")
     scored = drawn[drawn["clap_score"].notna()].groupby("track_id").size()
