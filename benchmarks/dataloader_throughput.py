@@ -257,7 +257,7 @@ def benchmark(root: Path, params: Params, samples: int) -> None:
         split="train",
         stage="pretrain",
         pretrain_columns=params.captions.pretrain_columns,
-        finetune_column=FINETUNE_COLUMN,
+        finetune_columns=[FINETUNE_COLUMN],
         seed=params.seed,
         cfg_dropout=params.train.cfg_dropout,
         unconditional_level=params.quality.unconditional_level,

@@ -65,9 +65,12 @@ def summary_metrics(
     if spec.kind == "sweep" and "trials_complete" in metrics:
         metrics[f"best_{spec.objective}"] = float(study.best_value)
     if table is not None:
-        for name, mean in zip(table["configuration"], table[f"{spec.objective}_mean"], strict=True):
+        levels = table["noise"] if "noise" in table else [None] * len(table)
+        means = table[f"{spec.objective}_mean"]
+        for level, name, mean in zip(levels, table["configuration"], means, strict=True):
             if pd.notna(mean):
-                metrics[f"{name}/{spec.objective}_mean"] = float(mean)
+                row = name if level is None else f"{level}/{name}"
+                metrics[f"{row}/{spec.objective}_mean"] = float(mean)
     timed = _timed(trials)
     if len(timed):
         metrics["overhead_fraction"] = float(

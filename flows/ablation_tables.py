@@ -3,7 +3,8 @@
 `trials_table`: every trial, whatever its state, with its overrides, metrics, pruning step,
 failure reason and timing. `table_one`: paper 000 Table I's protocol, base then each switch
 alone, every metric as mean ± std over seeds with its delta against base and Welch's
-two-sided t-test (unequal variances) of the configuration's seeds against base's.
+two-sided t-test (unequal variances) of the configuration's seeds against base's; a table run
+over noise levels has these rows per level, compared with base at the same level.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def trials_table(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
         }
         if spec.kind == "table":
             row |= {"configuration": attrs.get("configuration"), "seed": attrs.get("seed")}
+            row["noise"] = attrs.get("noise")  # None: no noise axis
         else:
             row |= {key: trial.params.get(key, math.nan) for key in spec.search_space}
         for name in spec.metrics:
@@ -77,8 +79,29 @@ def _welch_p(sample: np.ndarray, base: np.ndarray) -> float:
     return float(stats.ttest_ind(sample, base, equal_var=False).pvalue)
 
 
+def noise_levels(trials: pd.DataFrame) -> list[str | None]:
+    """The table's noise levels in the order its trials were queued; [None] without the axis."""
+    if "noise" not in trials or trials["noise"].isna().all():
+        return [None]
+    return list(dict.fromkeys(trials["noise"].dropna()))
+
+
 def table_one(trials: pd.DataFrame, spec: StudySpec, configurations: Sequence[str]) -> pd.DataFrame:
-    """Rows base, then `configurations` in order; per metric: mean, std, delta vs base, p."""
+    """Rows base, then `configurations` in order (per noise level, with a `noise` column,
+    when the table has that axis); per metric: mean, std, delta vs base at the same noise
+    level, Welch's p."""
+    levels = noise_levels(trials)
+    rows = []
+    for level in levels:
+        mine = trials if level is None else trials[trials["noise"] == level]
+        for row in _level_rows(mine, spec, configurations):
+            rows.append(row if level is None else {"noise": level, **row})
+    return pd.DataFrame(rows)
+
+
+def _level_rows(
+    trials: pd.DataFrame, spec: StudySpec, configurations: Sequence[str]
+) -> list[dict[str, object]]:
     complete = trials[trials["state"] == "COMPLETE"]
     base = complete[complete["configuration"] == BASE]
     rows = []
@@ -103,7 +126,7 @@ def table_one(trials: pd.DataFrame, spec: StudySpec, configurations: Sequence[st
             row[f"{metric}_p"] = p_value
             row[f"{metric}_significant"] = bool(p_value < spec.significance_level)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return rows
 
 
 # --------------------------------------------------------------------------- rendering
@@ -152,6 +175,8 @@ def compact_trials(trials: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
     doesn't exist."""
     if spec.kind == "table":
         varied = {"configuration": "configuration", "seed": "seed"}
+        if noise_levels(trials) != [None]:
+            varied = {"configuration": "configuration", "noise": "noise", "seed": "seed"}
     else:
         varied = short_names([key for key in spec.search_space if key in trials])
     metrics = [spec.objective, *(name for name in spec.metrics if name != spec.objective)]
@@ -172,7 +197,8 @@ def compact_trials(trials: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
 def table_one_display(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
     """Table I as people read it: `mean ± std`, `Δ` with a `*` where Welch's p < α, `p`."""
     arrows = {"maximize": "↑", "minimize": "↓"}
-    shown = table[["configuration", "seeds", "failed"]].copy()
+    keys = ["noise"] if "noise" in table else []
+    shown = table[[*keys, "configuration", "seeds", "failed"]].copy()
     for metric, metric_spec in spec.metrics.items():
         mean, std = table[f"{metric}_mean"], table[f"{metric}_std"]
         shown[f"{metric} {arrows[metric_spec.direction]}"] = [
@@ -222,9 +248,9 @@ def markdown_report(
             "",
             table_one_display(table, spec).to_markdown(index=False),
             "",
-            f"Mean ± sample std over seeds; Δ against base; `*`: Welch's two-sided t-test "
-            f"p < {spec.significance_level} (seeds of the configuration vs seeds of base; "
-            "needs two seeds on each side).",
+            "Mean ± sample std over seeds; Δ against base (at the same noise level); `*`: "
+            f"Welch's two-sided t-test p < {spec.significance_level} (seeds of the "
+            "configuration vs seeds of base; needs two seeds on each side).",
         ]
     compact = compact_trials(trials, spec).to_markdown(index=False)
     lines += ["", "### Trials", "", compact, ""]

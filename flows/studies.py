@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import optuna
 from optuna.trial import TrialState
@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tasks.params import AblationParams, MetricSpec, Params, PrunerParams, SearchRange
 from tasks.params.ablation import Direction
+from tasks.params.tracked import tracked_keys
 from tasks.train.pruning import SPEC_ATTR, make_pruner, open_storage, trial_by_number
 
 SAMPLER_ATTR = "sampler"  # the study's sampler name and seed (each trial rebuilds it)
@@ -174,43 +175,101 @@ BASE = "base"  # the Table I row with every switch off
 class ClaimedTrial:
     number: int
     overrides: dict[str, Any]  # dotted params key -> value, fixed overrides included
-    label: str  # the DVC experiment name's suffix: t<N> or <configuration>-s<seed>
+    label: str  # the DVC experiment name's suffix: t<N> or <configuration>[-<noise>]-s<seed>
+
+
+class Cell(NamedTuple):
+    """One cell of a table: a configuration at a noise level (None: the corpus as params.yaml
+    has it) and a training seed, with every override its trial gets."""
+
+    configuration: str
+    seed: int
+    overrides: dict[str, Any]
+    noise: str | None = None
 
 
 def table_cells(
-    ablation: AblationParams, configurations: Sequence[str], seeds: Sequence[int]
-) -> list[tuple[str, int, dict[str, Any]]]:
-    """Paper 000 Table I's cells: (configuration, seed, overrides), base first; each
-    configuration's overrides go on top of base's, the seed is `train.seed`."""
+    ablation: AblationParams,
+    configurations: Sequence[str],
+    seeds: Sequence[int],
+    noise_levels: Sequence[str] = (),
+) -> list[Cell]:
+    """Paper 000 Table I's cells: configurations × noise levels × seeds, base first; each
+    configuration's overrides go on top of base's, then the noise level's, the seed is
+    `train.seed`. Ordered by `upstream_first`."""
     unknown = sorted(set(configurations) - set(ablation.configurations))
     if unknown:
         raise ValueError(f"configurations {unknown} are not in params.yaml ablation.configurations")
+    missing = sorted(set(noise_levels) - set(ablation.noise_levels))
+    if missing:
+        raise ValueError(f"noise levels {missing} are not in params.yaml ablation.noise_levels")
     cells = []
-    for name in (BASE, *configurations):
-        switch = {} if name == BASE else ablation.configurations[name]
-        cells += [(name, seed, {**ablation.base, **switch, "train.seed": seed}) for seed in seeds]
-    return cells
+    levels: list[str | None] = [*noise_levels] or [None]
+    for noise in levels:
+        level = {} if noise is None else ablation.noise_levels[noise]
+        for name in (BASE, *configurations):
+            switch = {} if name == BASE else ablation.configurations[name]
+            cells += [
+                Cell(name, seed, {**ablation.base, **switch, **level, "train.seed": seed}, noise)
+                for seed in seeds
+            ]
+    return upstream_first(cells, UPSTREAM_STAGES)
 
 
-def enqueue_cells(
-    study: optuna.Study, cells: Sequence[tuple[str, int, dict[str, Any]]]
-) -> list[tuple[str, int]]:
-    """Enqueue the table's (configuration, seed, overrides) cells that have no complete or
-    waiting trial yet; a rerun of a table runs only what is missing or failed."""
+# The stages before training: a trial whose overrides leave their params alone reuses their
+# outputs as the committed dvc.lock has them; trials that change them alike share them
+# through DVC's run-cache (README, "Sweeps and ablation tables").
+UPSTREAM_STAGES = ("corpus", "scorers", "curate", "captions", "latents")
+
+
+def upstream_params(overrides: Mapping[str, Any], stages: Sequence[str]) -> tuple:
+    """The overrides that some upstream stage's dvc.yaml params cover (a key equal to, inside
+    or above a declared one): what decides whether two cells can share upstream outputs."""
+    declared = {key for stage in stages for key in tracked_keys(stage)}
+
+    def covered(key: str) -> bool:
+        return any(key == d or key.startswith(f"{d}.") or d.startswith(f"{key}.") for d in declared)
+
+    return tuple(sorted((k, repr(v)) for k, v in overrides.items() if covered(k)))
+
+
+def upstream_first(cells: Sequence[Cell], stages: Sequence[str]) -> list[Cell]:
+    """The first cell of each distinct upstream configuration, then the others, each part in
+    the given order. DVC's run-cache restores an upstream stage only from a run that has
+    finished: cells claimed together compute it each, so the siblings that can reuse a
+    result queue behind the cell that produces it."""
+    seen: set[tuple] = set()
+    first: list[Cell] = []
+    rest: list[Cell] = []
+    for cell in cells:
+        key = upstream_params(cell.overrides, stages)
+        (rest if key in seen else first).append(cell)
+        seen.add(key)
+    return first + rest
+
+
+def enqueue_cells(study: optuna.Study, cells: Sequence[tuple]) -> list[tuple[str, int]]:
+    """Enqueue the table's cells (`Cell`s, or (configuration, seed, overrides) tuples) that
+    have no complete or waiting trial yet; a rerun of a table runs only what is missing or
+    failed."""
     present = {
-        (trial.user_attrs.get("configuration"), trial.user_attrs.get("seed"))
-        for trial in study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+        (attrs.get("configuration"), attrs.get("seed"), attrs.get("noise"))
+        for attrs in (
+            trial.user_attrs
+            for trial in study.get_trials(
+                deepcopy=False,
+                states=(TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING),
+            )
         )
     }
     queued = []
-    for configuration, seed, overrides in cells:
-        if (configuration, seed) in present:
+    for cell in (Cell(*cell) for cell in cells):
+        if (cell.configuration, cell.seed, cell.noise) in present:
             continue
-        study.enqueue_trial(
-            {}, user_attrs={"configuration": configuration, "seed": seed, "overrides": overrides}
-        )
-        queued.append((configuration, seed))
+        attrs = {"configuration": cell.configuration, "seed": cell.seed}
+        attrs |= {"overrides": cell.overrides, "noise": cell.noise}
+        study.enqueue_trial({}, user_attrs=attrs)
+        queued.append((cell.configuration, cell.seed))
     return queued
 
 
@@ -237,8 +296,9 @@ def claim_trial(
         reason = "no waiting table cell was left to claim"
         close_trial(study, trial.number, TrialState.FAIL, None, {}, reason)
         raise LookupError(f"study {study.study_name!r}: {reason}")
-    seed = trial.user_attrs["seed"]
-    label = f"{trial.user_attrs['configuration']}-s{seed}"
+    seed, noise = trial.user_attrs["seed"], trial.user_attrs.get("noise")
+    level = "" if noise is None else f"-{noise}"
+    label = f"{trial.user_attrs['configuration']}{level}-s{seed}"
     return ClaimedTrial(trial.number, {**spec.fixed_overrides, **cell}, label)
 
 

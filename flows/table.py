@@ -2,11 +2,20 @@
 switch off (params.yaml `ablation.base`), then each configuration of
 `ablation.configurations` alone on top of it (CLAP REPA normal and aggressive, MuQ REPA,
 Beta λ 0.2 / 1.0 / 2.0, paper 003's mask ratio and quality token), each over `seeds`
-(`train.seed`). Every cell is an enqueued trial of one Optuna study, run by `ablation-trial`
-like a sweep's; a rerun runs only the cells that are missing or failed. The table (mean ± std
-over seeds, delta against base, Welch's t-test) goes to MLflow and reports/ablations.md.
+(`train.seed`), and optionally at each of `noise_levels` (params.yaml
+`ablation.noise_levels`, corpus noise fractions: each level has its own base row), plus the
+data-centric rows (each recipe off alone). Every cell is an enqueued trial of one Optuna
+study, run by `ablation-trial` like a sweep's; a rerun runs only the cells that are missing
+or failed. The table (mean ± std over seeds, delta against base at the same noise level,
+Welch's t-test) goes to MLflow and reports/ablations.md.
 
     prefect deployment run ablation-table/local --param table_name=table1 --param seeds='[0, 1, 2]'
+    prefect deployment run ablation-table/local --param table_name=noise \
+        --param configurations='["no_clap_filter"]' --param noise_levels='["wrong_0", "wrong_30"]'
+
+Cells that change upstream stages alike (a data-centric row's seeds, a noise level) share
+those stages' outputs through DVC's run-cache; the first of each such group is queued before
+its siblings (flows/studies.py upstream_first).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ def ablation_table(
     table_name: StudyName = "table1",
     seeds: Seeds = None,
     configurations: list[str] | None = None,
+    noise_levels: list[str] | None = None,
     storage_url: str | None = None,
     pretrain_steps: Steps = None,
     finetune_steps: Steps = None,
@@ -33,7 +43,8 @@ def ablation_table(
     trial_deployment: str | None = TRIAL_DEPLOYMENT,
     root: str | None = None,
 ) -> dict[str, Any]:
-    """Run base + `configurations` (all of params.yaml's by default) × `seeds` ([0, 1, 2])."""
+    """Run base + `configurations` (all of params.yaml's by default) × `seeds` ([0, 1, 2]),
+    at each of `noise_levels` (none by default: the corpus as params.yaml has it)."""
     repo = repository(root)
     url = storage(repo, storage_url)
     fanout.require_reproduced(repo)
@@ -41,13 +52,15 @@ def ablation_table(
     chosen = configurations or list(config.ablation.configurations)
     seeds = seeds if seeds is not None else [0, 1, 2]
     fixed = fanout.budget_overrides(pretrain_steps, finetune_steps, None, overrides)
-    cells = studies.table_cells(config.ablation, chosen, seeds)
-    for _, _, cell in cells:
-        dvc_runs.check_overrides(repo, {**fixed, **cell})  # every cell valid before any runs
+    levels = noise_levels or []
+    cells = studies.table_cells(config.ablation, chosen, seeds, levels)
+    for cell in cells:  # every cell valid before any runs
+        dvc_runs.check_overrides(repo, {**fixed, **cell.overrides})
     timeout = trial_timeout_minutes * 60 if trial_timeout_minutes else None
     logged = {
         "configurations": chosen,
         "seeds": seeds,
+        "noise_levels": {name: config.ablation.noise_levels[name] for name in levels},
         "storage": url,
         "fixed_overrides": fixed,
         "base": config.ablation.base,

@@ -195,6 +195,13 @@ def test_params_rewritten_by_dvc_exp_run_load_the_same(tmp_path):
         ),
         ({"objective": "accuracy"}, "is not one of metrics"),
         (
+            {"noise_levels": {"w": {"data.noise.wrong_fraction": 0.1}}},
+            "ablation.noise_levels.w.data.noise.wrong_fraction",
+        ),
+        ({"noise_levels": {"w": {"model.depth": 2}}}, "keys only"),
+        ({"noise_levels": {"w": {}}}, "keys only"),
+        ({"noise_levels": {"w/15": {"data.noise.degraded_fraction": 0.1}}}, "use letters"),
+        (
             {
                 "search_space": {
                     "train.timestep.beta_lambda": {"low": 2.0, "high": 1.0, "log": False}
@@ -230,3 +237,22 @@ def test_shipped_ablation_covers_the_papers_table(shipped_params):
         "model.repa.muq.weight",
         "model.masking.mask_ratio",
     }
+
+
+def test_shipped_data_centric_rows_switch_one_recipe_off_against_base(shipped_params):
+    """Base keeps the data recipes on (the papers' tables train on curated data); each
+    data-centric row switches one off; the quality row switches prefix and token on together;
+    the noise levels set only the corpus's wrong-caption fraction."""
+    ablation = params_with(shipped_params, {}).ablation
+    recipes = {"curate.clap_filter", "captions.refine", "finetune.two_stage_captions"}
+    assert {key: ablation.base[key] for key in recipes} == dict.fromkeys(recipes, True)
+    rows = {name: ablation.configurations[name] for name in ablation.configurations}
+    off = {name: row for name, row in rows.items() if set(row) <= recipes}
+    assert sorted(off) == ["no_caption_refinement", "no_clap_filter", "no_two_stage_captions"]
+    assert all(list(row.values()) == [False] for row in off.values())
+    assert rows["quality_prefix_token"] == {"quality.use_prefix": True, "model.quality_token": True}
+    assert not ablation.base["quality.use_prefix"] and not ablation.base["model.quality_token"]
+    fractions = [
+        level["data.noise.wrong_caption_fraction"] for level in ablation.noise_levels.values()
+    ]
+    assert fractions == [0.0, 0.15, 0.30]

@@ -42,6 +42,10 @@ def with_truth(segments: pd.DataFrame, tracks: pd.DataFrame) -> pd.DataFrame:
     return segments.merge(truth, on="track_id", how="left", validate="many_to_one")
 
 
+# `curate.clap_filter: false`: the report says so where it counts what was kept
+UNFILTERED = ", unfiltered: drawn at random whatever their tier, curate.clap_filter is false"
+
+
 def tier_table(segments: pd.DataFrame) -> pd.DataFrame:
     """Per split (and all): candidates by tier and by status, tracks with a kept segment."""
     rows = []
@@ -315,7 +319,8 @@ def markdown(summary: dict, tables: dict[str, pd.DataFrame], params: Params) -> 
         f"{' ' + str(summary['reject_reasons']) if summary['rejects'] else ''}; "
         f"{summary['candidates']} candidates "
         f"({curate.candidates_per_track} x {curate.segment_seconds:g} s per track), "
-        f"{summary['kept']} kept (at most {curate.keep_per_track} per track).",
+        f"{summary['kept']} kept (at most {curate.keep_per_track} per track"
+        f"{'' if curate.clap_filter else UNFILTERED}).",
         "## Tiers",
         f"Thresholds ({t['mode']}{calibrated}): "
         f"high >= {t['high']:.4f}, medium >= {t['medium']:.4f}.",

@@ -17,8 +17,10 @@ from tasks.params import CurateParams
 HIGH, MEDIUM, LOW = "high", "medium", "low"
 TIERS = (HIGH, MEDIUM, LOW)
 KEPT_HIGH, KEPT_MEDIUM = "kept_high", "kept_medium"
+KEPT_LOW = "kept_low"  # only with `curate.clap_filter: false` (the unfiltered baseline)
+KEPT = (KEPT_HIGH, KEPT_MEDIUM, KEPT_LOW)
 DROPPED_LOW, DROPPED_SURPLUS, REJECTED_SILENT = "dropped_low", "dropped_surplus", "rejected_silent"
-STATUSES = (KEPT_HIGH, KEPT_MEDIUM, DROPPED_SURPLUS, DROPPED_LOW, REJECTED_SILENT)
+STATUSES = (KEPT_HIGH, KEPT_MEDIUM, KEPT_LOW, DROPPED_SURPLUS, DROPPED_LOW, REJECTED_SILENT)
 
 
 # Independent seeded streams (seed, purpose, track): never collide, never depend on order.
@@ -143,21 +145,45 @@ def select_track(
     return status
 
 
+def select_unfiltered(
+    scores: np.ndarray, tiers: np.ndarray, keep: int, rng: np.random.Generator
+) -> np.ndarray:
+    """The unfiltered baseline of paper 000 §II-A ("treating all segments uniformly"): `keep`
+    of the file's scored candidates drawn uniformly at random (seeded), whatever their tier.
+
+    The same `keep` as the filter, not every candidate: filtering then changes which segments
+    train, not how many, so a table row measures alignment, not data volume (15 candidates a
+    file would be 2.5x the segments, more latents and more epochs' worth of distinct data at
+    the same step budget). Tiers are still assigned and reported, so the kept share of low
+    segments shows how much misaligned audio the filter keeps out.
+    """
+    status = np.full(len(scores), REJECTED_SILENT, dtype=object)
+    scored = np.flatnonzero(np.isfinite(np.asarray(scores, dtype=np.float64)))
+    status[scored] = DROPPED_SURPLUS
+    chosen = np.sort(rng.choice(scored, size=min(keep, len(scored)), replace=False))
+    by_tier = {HIGH: KEPT_HIGH, MEDIUM: KEPT_MEDIUM, LOW: KEPT_LOW}
+    for index in chosen:
+        status[index] = by_tier[tiers[index]]
+    return status
+
+
 def select_segments(
-    candidates: pd.DataFrame, thresholds: Thresholds, keep: int, seed: int
+    candidates: pd.DataFrame, thresholds: Thresholds, keep: int, seed: int, clap_filter: bool
 ) -> pd.DataFrame:
-    """`candidates` (track_id, candidate_index, clap_score) + tier, status, kept columns."""
+    """`candidates` (track_id, candidate_index, clap_score) + tier, status, kept columns;
+    `clap_filter` false: the unfiltered baseline (`select_unfiltered`)."""
     out = candidates.copy()
     scores = out["clap_score"].to_numpy(dtype=np.float64, na_value=np.nan)
     tiers = assign_tiers(scores, thresholds)
     status = np.empty(len(out), dtype=object)
+    select = select_track if clap_filter else select_unfiltered
     for track_id, rows in out.groupby("track_id", sort=False).indices.items():
         rows = rows[np.argsort(out["candidate_index"].to_numpy()[rows], kind="stable")]
         rng = track_rng(seed, _SELECTION_STREAM, str(track_id))
-        status[rows] = select_track(scores[rows], tiers[rows], keep, rng)
+        status[rows] = select(scores[rows], tiers[rows], keep, rng)
     out["tier"] = pd.array(tiers, dtype="string")
     out["status"] = pd.array(status, dtype="string")
-    out["kept"] = out["status"].isin([KEPT_HIGH, KEPT_MEDIUM]).to_numpy(dtype=bool)
+    out["kept"] = out["status"].isin(KEPT).to_numpy(dtype=bool)
     return out
 
 

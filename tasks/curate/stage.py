@@ -208,7 +208,10 @@ def curate_segments(
     candidates, rejects = clap_scores(tracks, corpus_root, params, scorers)
     val = candidates.loc[candidates["split"] == "val", "clap_score"].to_numpy()
     thresholds = calibrate_thresholds(params.curate, val)
-    segments = select_segments(candidates, thresholds, params.curate.keep_per_track, params.seed)
+    cfg = params.curate
+    segments = select_segments(
+        candidates, thresholds, cfg.keep_per_track, params.seed, cfg.clap_filter
+    )
     segments, score_clip = add_normalised_score(
         segments, thresholds, params.train.timestep.score_clip_percentile
     )

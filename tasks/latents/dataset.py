@@ -94,8 +94,9 @@ class LatentDataset(Dataset[Sample]):
     """Samples of one split for one training stage; see the module docstring.
 
     Pretraining draws the caption among `pretrain_columns` (paper 000 §II-B: "for each
-    sample, one caption style is selected at random"); fine-tuning always reads
-    `finetune_column` (the LLM-rewritten concise caption) on the fine-tuning rows only.
+    sample, one caption style is selected at random"); fine-tuning draws among
+    `finetune_columns` (the LLM-rewritten concise caption alone, unless the two-stage
+    captions are ablated) on the fine-tuning rows only.
     Call `set_epoch` before each epoch (workers are re-created per epoch unless
     `persistent_workers`, which would keep the old epoch).
     """
@@ -106,7 +107,7 @@ class LatentDataset(Dataset[Sample]):
         split: str,
         stage: Stage,
         pretrain_columns: Sequence[str],
-        finetune_column: str,
+        finetune_columns: Sequence[str],
         seed: int,
         cfg_dropout: float,
         unconditional_level: int | None,
@@ -120,7 +121,7 @@ class LatentDataset(Dataset[Sample]):
         self._check_text_index(texts)
         self.captions = texts["caption"].astype(str).to_numpy()  # without the quality prefix
         self.rows = stage_rows(pd.read_parquet(root / SEGMENT_INDEX), split, stage)
-        columns = list(pretrain_columns) if stage == "pretrain" else [finetune_column]
+        columns = list(pretrain_columns if stage == "pretrain" else finetune_columns)
         self.columns = columns
         self.text_ids = text_id_matrix(self.rows, columns, len(self.text_table))
         self.segment_rows = self.segment_table.global_rows(self.rows["shard"], self.rows["row"])

@@ -126,6 +126,8 @@ class Params(Section):
         named = {f"ablation.base.{key}": key for key in ablation.base}
         for name, overrides in ablation.configurations.items():
             named |= {f"ablation.configurations.{name}.{key}": key for key in overrides}
+        for name, overrides in ablation.noise_levels.items():
+            named |= {f"ablation.noise_levels.{name}.{key}": key for key in overrides}
         for where, key in named.items():
             resolve_key(tree, key, where)
         for key in ablation.search_space:

@@ -7,6 +7,7 @@ when the file loads (tasks/params/__init__.py), so a typo fails before any trial
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, model_validator
@@ -14,6 +15,8 @@ from pydantic import Field, model_validator
 from tasks.params.base import Section
 
 Direction = Literal["maximize", "minimize"]
+NOISE_PREFIX = "data.noise."  # what a noise level may override
+_LEVEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*")
 
 
 class SearchRange(Section):
@@ -58,6 +61,9 @@ class AblationParams(Section):
     # each configuration switches exactly one on, the rest inherited from base.
     base: dict[str, Any]
     configurations: dict[str, dict[str, Any]] = Field(min_length=1)
+    # The noise axis: named corpus noise levels (`data.noise.*` overrides) a table can be run
+    # over; each level gets its own base, and deltas and tests compare at the same level.
+    noise_levels: dict[str, dict[str, Any]]
     significance_level: Annotated[float, Field(gt=0.0, lt=1.0)]
 
     @model_validator(mode="after")
@@ -68,4 +74,13 @@ class AblationParams(Section):
             )
         if "base" in self.configurations:
             raise ValueError("configurations: 'base' is the name of the base row")
+        for name, overrides in self.noise_levels.items():
+            # the level's name is part of a DVC experiment name (a git ref)
+            if not _LEVEL_NAME.fullmatch(name):
+                raise ValueError(f"noise_levels.{name}: use letters, digits, '_' and '.'")
+            others = sorted(key for key in overrides if not key.startswith(NOISE_PREFIX))
+            if others or not overrides:
+                raise ValueError(
+                    f"noise_levels.{name}: needs {NOISE_PREFIX}* keys only (got {others or '{}'})"
+                )
         return self

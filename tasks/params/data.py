@@ -114,6 +114,9 @@ class CurateParams(Section):
     candidates_per_track: PositiveInt
     segment_seconds: Positive
     keep_per_track: PositiveInt
+    # false: the unfiltered baseline, `keep_per_track` scored candidates drawn at random
+    # whatever their tier (tasks/curate/segments.py select_unfiltered); an ablation row
+    clap_filter: bool
     caption_column: Literal["caption_holistic", "caption_dense", "prompt_concise"]
     threshold_mode: Literal["absolute", "validation_quantile"]
     high_threshold: float
@@ -197,6 +200,9 @@ class CaptionParams(Section):
     """
 
     refine_column: Literal["caption_holistic", "caption_dense"]
+    # false: no refinement, every segment keeps its original caption (`refine_column`) where
+    # eq. (8)-(10) would replace it (paper 003 Table 2's tag-caption row); an ablation row
+    refine: bool
     pretrain_columns: list[CaptionColumn] = Field(min_length=1)
     finetune_fraction: Annotated[float, Field(gt=0.0, le=1.0)]
     rewrite_batch_size: PositiveInt

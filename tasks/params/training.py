@@ -138,10 +138,14 @@ class FinetuneParams(Section):
     """Paper 000 §II-B stage 2 on rewritten concise captions (10,000 steps: §IV-A, Table II).
 
     `init_from` null fine-tunes the `pretrain` stage's model; a stage-output folder (an
-    imported baseline checkpoint) fine-tunes that model instead.
+    imported baseline checkpoint) fine-tunes that model instead. `two_stage_captions` false
+    fine-tunes the same segments for the same steps on the pretraining captions
+    (`captions.pretrain_columns`, one drawn per sample) instead of the concise rewrites: the
+    ablation of §II-B's caption stage alone.
     """
 
     init_from: str | None
+    two_stage_captions: bool
     optim: OptimParams
 
 

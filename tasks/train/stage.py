@@ -55,6 +55,14 @@ def training_seed(params: Params) -> int:
     return params.seed if params.train.seed is None else params.train.seed
 
 
+def finetune_columns(params: Params) -> list[str]:
+    """What fine-tuning reads: the concise rewrites (paper 000 §II-B stage 2), or with
+    `finetune.two_stage_captions` false the pretraining captions, one drawn per sample."""
+    if params.finetune.two_stage_captions:
+        return [FINETUNE_COLUMN]
+    return list(params.captions.pretrain_columns)
+
+
 def datasets(params: Params, stage: Stage) -> tuple[LatentDataset, LatentDataset]:
     def split(name: str, cfg_dropout: float) -> LatentDataset:
         return LatentDataset(
@@ -62,7 +70,8 @@ def datasets(params: Params, stage: Stage) -> tuple[LatentDataset, LatentDataset
             split=name,
             stage=stage,
             pretrain_columns=params.captions.pretrain_columns,
-            finetune_column=FINETUNE_COLUMN,
+            # pretraining never reads them: its outputs must not depend on finetune params
+            finetune_columns=finetune_columns(params) if stage == "finetune" else [],
             seed=training_seed(params),
             cfg_dropout=cfg_dropout,
             unconditional_level=params.quality.unconditional_level,

@@ -113,3 +113,27 @@ def test_a_rerun_gives_the_same_table(captioned, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     captions.run(params)
     pd.testing.assert_frame_equal(pd.read_parquet(root / captions.CAPTIONS), first)
+
+
+def test_refinement_off_keeps_every_original_and_says_so(captioned, monkeypatch) -> None:
+    """`captions.refine: false` (paper 003 §4.3 ablated): the refined caption is the original
+    one everywhere, while the generated captions are still scored and recorded."""
+    root, params, _ = captioned
+    refined = pd.read_parquet(root / captions.CAPTIONS)
+    off = params.model_copy(
+        update={"captions": params.captions.model_copy(update={"refine": False})}
+    )
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    try:
+        summary = captions.run(off)
+        table = pd.read_parquet(root / captions.CAPTIONS)
+    finally:
+        captions.run(params)  # the module's other tests read the refined table
+    assert (refined["refinement"] != KEEP_ORIGINAL).any()  # refinement did replace some
+    assert (table["refinement"] == KEEP_ORIGINAL).all()
+    original = table[params.captions.refine_column]
+    assert (table["caption_refined"] == original).all()
+    pd.testing.assert_series_equal(table["caption_generated"], refined["caption_generated"])
+    gate = summary["captioner_gate"]
+    assert gate["keeps_originals"] and gate["reason"] == captions.REFINEMENT_OFF

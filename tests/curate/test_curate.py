@@ -34,6 +34,7 @@ from tasks.curate.segments import (
     DROPPED_SURPLUS,
     HIGH,
     KEPT_HIGH,
+    KEPT_LOW,
     KEPT_MEDIUM,
     LOW,
     MEDIUM,
@@ -45,6 +46,7 @@ from tasks.curate.segments import (
     candidate_starts,
     normalise_scores,
     select_track,
+    select_unfiltered,
 )
 from tasks.params import Params
 from tests.conftest import HEALTH_GATES_OFF, TINY_DATA, params_with
@@ -172,6 +174,41 @@ def test_fewer_than_k_admissible_keeps_fewer_and_silent_is_rejected() -> None:
     tiers = assign_tiers(scores, ABSOLUTE)
     status = select_track(scores, tiers, 4, np.random.default_rng(0))
     assert list(status) == [KEPT_HIGH, REJECTED_SILENT, KEPT_MEDIUM, DROPPED_LOW, DROPPED_LOW]
+
+
+def test_unfiltered_keeps_k_scored_candidates_at_random_whatever_their_tier() -> None:
+    """`curate.clap_filter: false`: the same number kept as the filter would, drawn uniformly
+    among the scored candidates (low tier included), seeded; silent windows never."""
+    scores = np.array([0.9, 0.05, np.nan, 0.1, 0.25, 0.02, 0.4, 0.12])
+    tiers = assign_tiers(scores, ABSOLUTE)
+    picks, lows = set(), 0
+    for seed in range(30):
+        status = select_unfiltered(scores, tiers, 4, np.random.default_rng(seed))
+        assert (status == select_unfiltered(scores, tiers, 4, np.random.default_rng(seed))).all()
+        kept = np.isin(status, [KEPT_HIGH, KEPT_MEDIUM, KEPT_LOW])
+        assert kept.sum() == 4 and status[2] == REJECTED_SILENT
+        assert (status[~kept & np.isfinite(scores)] == DROPPED_SURPLUS).all()
+        assert all(status[i] == KEPT_LOW for i in np.flatnonzero(kept & (tiers == LOW)))
+        lows += int((status == KEPT_LOW).sum())
+        picks.add(tuple(np.flatnonzero(kept)))
+    assert lows > 0 and len(picks) > 5
+
+
+def test_unfiltered_selection_keeps_as_many_segments_as_the_filter() -> None:
+    rng = np.random.default_rng(0)
+    candidates = pd.DataFrame(
+        {
+            "track_id": np.repeat([f"t{i}" for i in range(6)], 10),
+            "candidate_index": np.tile(np.arange(10), 6),
+            "clap_score": rng.uniform(0.0, 0.6, 60),
+        }
+    )
+    filtered = curate.select_segments(candidates, ABSOLUTE, 3, seed=1, clap_filter=True)
+    unfiltered = curate.select_segments(candidates, ABSOLUTE, 3, seed=1, clap_filter=False)
+    assert (unfiltered.groupby("track_id")["kept"].sum() == 3).all()
+    assert filtered["kept"].sum() <= unfiltered["kept"].sum()
+    assert not filtered.loc[filtered["tier"] == LOW, "kept"].any()
+    assert unfiltered.loc[unfiltered["tier"] == LOW, "kept"].any()
 
 
 def test_tier_boundaries_are_inclusive_below() -> None:
@@ -312,7 +349,7 @@ def test_unreadable_tracks_are_rejected_and_silent_windows_marked(small_params, 
     assert set(candidates["track_id"]) == {"good", "quiet"}
     quiet = candidates[candidates["track_id"] == "quiet"]
     assert quiet["clap_score"].isna().all() and sum(clap.calls) == 5  # only "good" scored
-    selected = curate.select_segments(candidates, ABSOLUTE, 2, seed=0)
+    selected = curate.select_segments(candidates, ABSOLUTE, 2, seed=0, clap_filter=True)
     assert (selected.loc[quiet.index, "status"] == REJECTED_SILENT).all()
     assert not selected.loc[quiet.index, "kept"].any()
 
@@ -394,6 +431,18 @@ def test_stage_end_to_end_on_a_tiny_corpus(shipped_params, tmp_path, monkeypatch
     assert rerun["metrics.cache.clap_audio.backend_calls"] == 0
     assert rerun["metrics.cache.quality.backend_calls"] == 0
     pd.testing.assert_frame_equal(pd.read_parquet("data/curated/segments.parquet"), segments)
+
+    # the unfiltered baseline (curate.clap_filter false): as many kept, low tier included
+    off = {**overlay, "curate": {**overlay["curate"], "clap_filter": False}}
+    unfiltered = params_with(shipped_params, off)
+    curate.run(unfiltered)
+    drawn = pd.read_parquet("data/curated/segments.parquet")
+    scored = drawn[drawn["clap_score"].notna()].groupby("track_id").size()
+    assert (drawn.groupby("track_id")["kept"].sum() == scored.clip(upper=3)).all()
+    assert drawn["kept"].sum() >= segments["kept"].sum()
+    assert set(drawn.loc[drawn["kept"] & (drawn["tier"] == LOW), "status"]) <= {"kept_low"}
+    assert drawn.loc[drawn["kept"], "quality_level"].notna().all()
+    assert "curate.clap_filter is false" in Path("reports/curation.md").read_text()
 
 
 def test_ground_truth_measures_on_a_hand_built_table() -> None:

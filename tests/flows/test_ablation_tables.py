@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -10,10 +11,11 @@ import pytest
 from optuna.trial import TrialState
 from scipy import stats
 
-from flows import ablation_report, ablation_tables, studies
+from flows import ablation_report, ablation_tables, dvc_runs, studies
 from tasks.params import Params
 from tasks.train import pruning
 
+ROOT = Path(__file__).resolve().parents[2]
 CELLS = {
     "base": [0.270, 0.275, 0.280],
     "clap_repa_normal": [0.300, 0.305, 0.310],  # clearly better
@@ -125,3 +127,97 @@ def test_sweep_table_has_the_searched_params(tmp_path, shipped_params) -> None:
     assert row["note"] == "pruned at step 4 (val loss 1.200)" and row["experiment"] == ""
     assert "–" not in compact.to_numpy().tolist()[0]
     assert isinstance(study, optuna.Study)
+
+
+# --------------------------------------------------------------------------- noise axis
+NOISY = {  # (noise level, configuration): clap scores over two seeds
+    ("wrong_0", "base"): [0.30, 0.31],
+    ("wrong_0", "no_clap_filter"): [0.29, 0.30],
+    ("wrong_30", "base"): [0.26, 0.27],
+    ("wrong_30", "no_clap_filter"): [0.20, 0.21],
+}
+
+
+def test_cells_span_configurations_noise_levels_and_seeds(shipped_params) -> None:
+    """Each level has its own base; its overrides are the level's; every cell validates
+    (data.noise keys included); cells that change upstream stages differently come first."""
+    ablation = Params.from_mapping(shipped_params).ablation
+    rows = ["beta_0.2", "no_clap_filter", "no_two_stage_captions"]
+    cells = studies.table_cells(ablation, rows, [0, 1], ["wrong_0", "wrong_30"])
+    assert len(cells) == 4 * 2 * 2
+    assert {(c.noise, c.configuration) for c in cells} == {
+        (level, name) for level in ("wrong_0", "wrong_30") for name in ("base", *rows)
+    }
+    for cell in cells:
+        fraction = ablation.noise_levels[cell.noise]["data.noise.wrong_caption_fraction"]
+        assert cell.overrides["data.noise.wrong_caption_fraction"] == fraction
+        assert cell.overrides["train.seed"] == cell.seed
+        dvc_runs.check_overrides(ROOT, cell.overrides)
+    # upstream groups: (level) x (filter on, filter off): the first four cells, one each
+    head = [(c.noise, c.configuration == "no_clap_filter") for c in cells[:4]]
+    assert len(set(head)) == 4
+    assert cells[0] == studies.Cell("base", 0, cells[0].overrides, "wrong_0")
+    # model-side and fine-tune-only rows share base's upstream: none of them is in the head
+    assert {c.configuration for c in cells[:4]} == {"base", "no_clap_filter"}
+    with pytest.raises(ValueError, match="wrong_50"):
+        studies.table_cells(ablation, rows, [0], ["wrong_50"])
+
+
+def test_upstream_params_are_those_of_the_stages_before_training() -> None:
+    overrides = {
+        "train.seed": 1,
+        "model.quality_token": True,
+        "finetune.two_stage_captions": False,
+        "quality.use_prefix": True,  # latents encode the prefixed text
+        "curate.clap_filter": False,
+        "data.noise.wrong_caption_fraction": 0.3,
+    }
+    keys = [key for key, _ in studies.upstream_params(overrides, studies.UPSTREAM_STAGES)]
+    assert keys == ["curate.clap_filter", "data.noise.wrong_caption_fraction", "quality.use_prefix"]
+
+
+def test_table_over_noise_levels_compares_with_base_at_the_same_level(
+    tmp_path, shipped_params
+) -> None:
+    params = Params.from_mapping(shipped_params)
+    spec = studies.study_spec(params, "table", "p" * 32, {}, None)
+    study = studies.create_study(f"sqlite:///{tmp_path / 'o.db'}", "n", spec, "random", 0)
+    cells = studies.table_cells(
+        params.ablation, ["no_clap_filter"], [0, 1], ["wrong_0", "wrong_30"]
+    )
+    studies.enqueue_cells(study, cells)
+    assert studies.enqueue_cells(study, cells) == []  # a rerun queues nothing twice
+    seen = {key: list(values) for key, values in NOISY.items()}
+    for _ in cells:
+        claimed = studies.claim_trial(study, spec, {})
+        attrs = pruning.trial_by_number(study, claimed.number).user_attrs
+        key = (attrs["noise"], attrs["configuration"])
+        assert claimed.label == f"{key[1]}-{key[0]}-s{attrs['seed']}"
+        value = seen[key].pop()
+        metrics = {"clap_score": value, "fad_clap": 1.0 - value}
+        studies.close_trial(study, claimed.number, TrialState.COMPLETE, value, metrics, None)
+    trials = ablation_tables.trials_table(study, spec)
+    table = ablation_tables.table_one(trials, spec, ["no_clap_filter"])
+    assert list(zip(table["noise"], table["configuration"], strict=True)) == [
+        ("wrong_0", "base"),
+        ("wrong_0", "no_clap_filter"),
+        ("wrong_30", "base"),
+        ("wrong_30", "no_clap_filter"),
+    ]
+    rows = table.set_index(["noise", "configuration"])
+    for level in ("wrong_0", "wrong_30"):
+        off, base = NOISY[(level, "no_clap_filter")], NOISY[(level, "base")]
+        delta = rows.loc[(level, "no_clap_filter"), "clap_score_delta"]
+        assert delta == pytest.approx(np.mean(off) - np.mean(base))
+        welch = stats.ttest_ind(off, base, equal_var=False).pvalue
+        assert rows.loc[(level, "no_clap_filter"), "clap_score_p"] == pytest.approx(welch)
+    shown = ablation_tables.table_one_display(table, spec)
+    assert list(shown.columns[:4]) == ["noise", "configuration", "seeds", "failed"]
+    assert list(ablation_tables.compact_trials(trials, spec).columns[:4]) == [
+        "trial",
+        "configuration",
+        "noise",
+        "seed",
+    ]
+    metrics = ablation_report.summary_metrics(study, spec, trials, table)
+    assert metrics["wrong_30/no_clap_filter/clap_score_mean"] == pytest.approx(0.205)

@@ -156,13 +156,13 @@ def test_outcomes_and_orphaned_trials(tmp_path, params) -> None:
 
 def test_table_cells_put_each_switch_alone_on_top_of_base(params) -> None:
     cells = studies.table_cells(params.ablation, ["clap_repa_aggressive", "beta_2.0"], [0, 1])
-    assert [(name, seed) for name, seed, _ in cells] == [
-        ("base", 0),
-        ("base", 1),
-        ("clap_repa_aggressive", 0),
-        ("clap_repa_aggressive", 1),
-        ("beta_2.0", 0),
-        ("beta_2.0", 1),
+    assert [(cell.configuration, cell.seed, cell.noise) for cell in cells] == [
+        ("base", 0, None),
+        ("base", 1, None),
+        ("clap_repa_aggressive", 0, None),
+        ("clap_repa_aggressive", 1, None),
+        ("beta_2.0", 0, None),
+        ("beta_2.0", 1, None),
     ]
     base = dict(params.ablation.base)
     assert cells[1][2] == {**base, "train.seed": 1}

@@ -65,7 +65,7 @@ def make(root: Path, stage: str = "pretrain", cfg_dropout: float = 0.0, seed: in
         split="train",
         stage=stage,  # type: ignore[arg-type]
         pretrain_columns=PRETRAIN_COLUMNS,
-        finetune_column=FINETUNE_COLUMN,
+        finetune_columns=[FINETUNE_COLUMN],
         seed=seed,
         cfg_dropout=cfg_dropout,
         unconditional_level=3,

@@ -82,6 +82,16 @@ def test_quality_resampling_follows_the_reference_acceptance() -> None:
     assert (drawn >= 2000).mean() > 0.85  # high p-MOS segments dominate
 
 
+def test_two_stage_captions_off_finetunes_on_the_pretraining_captions(tiny_params) -> None:
+    """Paper 000 §II-B ablated: fine-tuning reads the pretraining captions, not the rewrites."""
+    assert training_stage.finetune_columns(tiny_params) == [training_stage.FINETUNE_COLUMN]
+    off = tiny_params.model_copy(
+        update={"finetune": tiny_params.finetune.model_copy(update={"two_stage_captions": False})}
+    )
+    assert training_stage.finetune_columns(off) == list(tiny_params.captions.pretrain_columns)
+    assert training_stage.FINETUNE_COLUMN not in tiny_params.captions.pretrain_columns
+
+
 def test_non_finite_loss_stops_with_the_step_and_samples() -> None:
     nan = torch.tensor(float("nan"))
     terms = LossTerms(nan, nan, None, None, nan[None], nan[None])
