@@ -244,14 +244,27 @@ def test_shipped_data_centric_rows_switch_one_recipe_off_against_base(shipped_pa
     data-centric row switches one off; the quality row switches prefix and token on together;
     the noise levels set only the corpus's wrong-caption fraction."""
     ablation = params_with(shipped_params, {}).ablation
-    recipes = {"curate.clap_filter", "captions.refine", "finetune.two_stage_captions"}
+    recipes = {
+        "curate.clap_filter",
+        "captions.refine",
+        "finetune.two_stage_captions",
+        "quality.use_prefix",
+    }
     assert {key: ablation.base[key] for key in recipes} == dict.fromkeys(recipes, True)
     rows = {name: ablation.configurations[name] for name in ablation.configurations}
     off = {name: row for name, row in rows.items() if set(row) <= recipes}
-    assert sorted(off) == ["no_caption_refinement", "no_clap_filter", "no_two_stage_captions"]
+    assert sorted(off) == [
+        "no_caption_refinement",
+        "no_clap_filter",
+        "no_quality_prefix",
+        "no_two_stage_captions",
+    ]
     assert all(list(row.values()) == [False] for row in off.values())
-    assert rows["quality_prefix_token"] == {"quality.use_prefix": True, "model.quality_token": True}
-    assert not ablation.base["quality.use_prefix"] and not ablation.base["model.quality_token"]
+    assert rows["quality_token"] == {"model.quality_token": True}
+    assert not ablation.base["model.quality_token"]
+    # base's upstream params are the DAG's own: a model-side trial reuses dvc.lock's latents
+    shipped = params_with(shipped_params, {})
+    assert ablation.base["quality.use_prefix"] == shipped.quality.use_prefix
     fractions = [
         level["data.noise.wrong_caption_fraction"] for level in ablation.noise_levels.values()
     ]
