@@ -14,12 +14,15 @@ import mlflow
 import optuna
 import pandas as pd
 
-from flows import ablation_tables, mlflow_runs, mlflow_views
+from flows import ablation_tables, mlflow_runs, mlflow_views, sensitivity
 from flows.studies import StudySpec
 from tasks.common.atomic import atomic_path
 
 REPORTS = Path("reports")
 INDEX = "ablations.md"
+# Seeds per arm at which a table's report gives the minimum detectable differences (issue 18:
+# the papers' protocols at 3 seeds, and the 5 a sensitivity study runs on base).
+DETECTABLE_AT_SEEDS = (3, 5)
 
 
 def _state_counts(trials: pd.DataFrame) -> dict[str, int]:
@@ -111,6 +114,8 @@ def publish(
     summary = summary_of(study, spec, trials)
     title = f"{'Sweep' if spec.kind == 'sweep' else 'Ablation table'} `{study.study_name}`"
     markdown = ablation_tables.markdown_report(title, summary, trials, table, spec)
+    if table is not None:  # how small a difference these seeds could see, against the papers'
+        markdown += sensitivity.report_section(trials, list(spec.metrics), DETECTABLE_AT_SEEDS)
     folder = repo / REPORTS / "ablations"
     folder.mkdir(parents=True, exist_ok=True)
     # What a reader looks at first (MLflow lists artifacts by name: `compact` comes first),

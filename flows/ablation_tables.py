@@ -71,12 +71,28 @@ def trials_table(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
     return frame
 
 
-def _welch_p(sample: np.ndarray, base: np.ndarray) -> float:
+def _welch(sample: np.ndarray, base: np.ndarray, confidence: float) -> tuple[float, float, float]:
+    """Welch's two-sided p and the `confidence` interval of mean(sample) − mean(base)."""
     if len(sample) < 2 or len(base) < 2:
-        return math.nan  # a variance needs two seeds on each side
+        return math.nan, math.nan, math.nan  # a variance needs two seeds on each side
+    delta = float(sample.mean() - base.mean())
     if np.ptp(sample) == 0 and np.ptp(base) == 0:
-        return 0.0 if sample[0] != base[0] else 1.0
-    return float(stats.ttest_ind(sample, base, equal_var=False).pvalue)
+        return (0.0 if sample[0] != base[0] else 1.0), delta, delta
+    result = stats.ttest_ind(sample, base, equal_var=False)
+    interval = result.confidence_interval(confidence_level=confidence)
+    return float(result.pvalue), float(interval.low), float(interval.high)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment over one family (a table's rows for one metric at one
+    noise level): controls the chance of any false positive among them; NaN stays NaN."""
+    order = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, index) in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p))
+        adjusted[index] = running
+    return adjusted
 
 
 def noise_levels(trials: pd.DataFrame) -> list[str | None]:
@@ -122,10 +138,16 @@ def _level_rows(
             if name == BASE:
                 continue
             row[f"{metric}_delta"] = mean - float(reference.mean()) if len(reference) else math.nan
-            p_value = _welch_p(values, reference)
+            p_value, low, high = _welch(values, reference, 1 - spec.significance_level)
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = low, high
             row[f"{metric}_p"] = p_value
-            row[f"{metric}_significant"] = bool(p_value < spec.significance_level)
         rows.append(row)
+    for metric in spec.metrics:  # one family per metric: every row against base
+        compared = [row for row in rows if row["configuration"] != BASE]
+        adjusted = holm([float(row[f"{metric}_p"]) for row in compared])  # type: ignore[arg-type]
+        for row, p_holm in zip(compared, adjusted, strict=True):
+            row[f"{metric}_p_holm"] = p_holm
+            row[f"{metric}_significant"] = bool(p_holm < spec.significance_level)
     return rows
 
 
@@ -195,7 +217,8 @@ def compact_trials(trials: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
 
 
 def table_one_display(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
-    """Table I as people read it: `mean ± std`, `Δ` with a `*` where Welch's p < α, `p`."""
+    """Table I as people read it: `mean ± std`, `Δ` with a `*` where Holm's p < α, its
+    interval, Welch's p and Holm's."""
     arrows = {"maximize": "↑", "minimize": "↓"}
     keys = ["noise"] if "noise" in table else []
     shown = table[[*keys, "configuration", "seeds", "failed"]].copy()
@@ -212,9 +235,17 @@ def table_one_display(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
                     is_base, table[f"{metric}_delta"], table[f"{metric}_significant"], strict=True
                 )
             ]
-            shown[f"p {metric}"] = [
-                "" if base else _number(p, 3)
-                for base, p in zip(is_base, table[f"{metric}_p"], strict=True)
+            shown[f"CI {metric}"] = [
+                "" if base else f"[{_signed(low, 3)}, {_signed(high, 3)}]"
+                for base, low, high in zip(
+                    is_base, table[f"{metric}_ci_low"], table[f"{metric}_ci_high"], strict=True
+                )
+            ]
+            shown[f"p {metric} (Holm)"] = [
+                "" if base else f"{_number(p, 3)} ({_number(p_holm, 3)})"
+                for base, p, p_holm in zip(
+                    is_base, table[f"{metric}_p"], table[f"{metric}_p_holm"], strict=True
+                )
             ]
     return shown
 
@@ -248,9 +279,11 @@ def markdown_report(
             "",
             table_one_display(table, spec).to_markdown(index=False),
             "",
-            "Mean ± sample std over seeds; Δ against base (at the same noise level); `*`: "
-            f"Welch's two-sided t-test p < {spec.significance_level} (seeds of the "
-            "configuration vs seeds of base; needs two seeds on each side).",
+            "Mean ± sample std over seeds; Δ against base (at the same noise level) with "
+            f"its {1 - spec.significance_level:.0%} Welch interval; p: Welch's two-sided "
+            "t-test (seeds of the configuration vs seeds of base; needs two seeds on each "
+            "side), in brackets Holm-adjusted over the rows of that metric (and level); `*`: "
+            f"Holm-adjusted p < {spec.significance_level}.",
         ]
     compact = compact_trials(trials, spec).to_markdown(index=False)
     lines += ["", "### Trials", "", compact, ""]

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from flows.ablation_tables import noise_levels
 from flows.power import minimum_detectable_difference
+from flows.studies import BASE
 
 
 @dataclass(frozen=True)
@@ -90,3 +92,39 @@ def against_papers(table: pd.DataFrame, seeds: Sequence[int]) -> pd.DataFrame:
             row[f"detectable_with_{n}"] = bool(abs(effect.relative) >= needed)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def base_values(trials: pd.DataFrame, metrics: Sequence[str], level: str | None) -> dict:
+    """Each metric's values over base's complete seeds (at noise `level`, if the table has one)."""
+    base = trials[(trials["configuration"] == BASE) & (trials["state"] == "COMPLETE")]
+    if level is not None:
+        base = base[base["noise"] == level]
+    return {metric: base[metric].dropna().tolist() for metric in metrics if metric in base}
+
+
+def report_section(trials: pd.DataFrame, metrics: Sequence[str], seeds: Sequence[int]) -> str:
+    """Markdown: per noise level, base's spread and the differences the table could detect,
+    then the papers' effects beside them; empty where base has fewer than two seeds."""
+    lines = []
+    for level in noise_levels(trials):
+        values = base_values(trials, metrics, level)
+        if any(len(v) < 2 for v in values.values()) or not values:
+            continue
+        table = spread(values, seeds)
+        suffix = f" (noise level {level})" if level is not None else ""
+        lines += [
+            f"### What this table can detect{suffix}",
+            "",
+            table.to_markdown(index=False, floatfmt=".4g"),
+            "",
+            "Base's seed-to-seed std; `mdd_n`: the smallest true difference a two-sided "
+            "t-test with n seeds per arm detects with 80 % power at α = 0.05 (absolute, and "
+            "relative to base's mean).",
+            "",
+            against_papers(table, seeds).to_markdown(index=False, floatfmt=".3g"),
+            "",
+            "The papers' effects (one run per row, at their scale) on the relative scale, "
+            "and whether a difference that size relative to this base would be detected.",
+            "",
+        ]
+    return "\n".join(lines)

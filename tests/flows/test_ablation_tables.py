@@ -67,8 +67,16 @@ def test_table_one_means_deltas_and_welch_test(table_study) -> None:
     assert rows.loc["clap_repa_normal", "clap_score_delta"] == pytest.approx(
         repa.mean() - base.mean()
     )
-    welch = stats.ttest_ind(repa, base, equal_var=False).pvalue
-    assert rows.loc["clap_repa_normal", "clap_score_p"] == pytest.approx(welch)
+    welch = stats.ttest_ind(repa, base, equal_var=False)
+    assert rows.loc["clap_repa_normal", "clap_score_p"] == pytest.approx(welch.pvalue)
+    interval = welch.confidence_interval(0.95)
+    assert rows.loc["clap_repa_normal", "clap_score_ci_low"] == pytest.approx(interval.low)
+    assert rows.loc["clap_repa_normal", "clap_score_ci_high"] == pytest.approx(interval.high)
+    # Holm over the rows that have a test (beta_0.2 and clap_repa_normal; muq_repa has none)
+    p_beta = rows.loc["beta_0.2", "clap_score_p"]
+    assert rows.loc["clap_repa_normal", "clap_score_p_holm"] == pytest.approx(
+        min(1.0, 2 * min(welch.pvalue, p_beta))
+    )
     assert rows.loc["clap_repa_normal", "clap_score_significant"]
     assert not rows.loc["beta_0.2", "clap_score_significant"]
     assert rows.loc["muq_repa", "seeds"] == 0 and rows.loc["muq_repa", "failed"] == 1
@@ -85,7 +93,10 @@ def test_reports_render_both_tables(table_study) -> None:
     shown = ablation_tables.table_one_display(table, spec)
     assert shown.loc[1, "clap_score ↑"] == "0.3050 ± 0.005000"  # 4 significant digits
     assert shown.loc[1, "Δ clap_score"] == "+0.03000*"
-    assert float(shown.loc[1, "p clap_score"]) < 0.05 and shown.loc[0, "p clap_score"] == ""
+    raw, adjusted = shown.loc[1, "p clap_score (Holm)"].rstrip(")").split(" (")
+    assert float(raw) < float(adjusted) < 0.05 and shown.loc[0, "p clap_score (Holm)"] == ""
+    low, high = (float(bound) for bound in shown.loc[1, "CI clap_score"].strip("[]").split(","))
+    assert 0 < low < 0.03 < high  # the 95 % interval of Δ, around +0.03, excluding 0
     html = ablation_tables.html_report("T", {"study": "t"}, {"table_one": shown})
     assert "<table" in html and "clap_repa_normal" in html
     # the parent run's metrics: counts per state and each configuration's mean
@@ -221,3 +232,12 @@ def test_table_over_noise_levels_compares_with_base_at_the_same_level(
     ]
     metrics = ablation_report.summary_metrics(study, spec, trials, table)
     assert metrics["wrong_30/no_clap_filter/clap_score_mean"] == pytest.approx(0.205)
+
+
+def test_holm_adjusts_step_down_and_keeps_order() -> None:
+    # the textbook example: p = 0.01, 0.04, 0.03, 0.005 over four rows
+    assert ablation_tables.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx(
+        [0.03, 0.06, 0.06, 0.02]
+    )
+    adjusted = ablation_tables.holm([0.2, float("nan"), 0.9])
+    assert adjusted[0] == pytest.approx(0.4) and np.isnan(adjusted[1]) and adjusted[2] == 0.9

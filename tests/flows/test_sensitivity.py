@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from flows.power import minimum_detectable_difference
-from flows.sensitivity import PAPER_EFFECTS, against_papers, spread
+from flows.sensitivity import PAPER_EFFECTS, against_papers, report_section, spread
 
 
 def test_spread_gives_the_seed_std_and_the_detectable_difference() -> None:
@@ -33,3 +34,17 @@ def test_paper_effects_are_compared_on_the_relative_scale() -> None:
     assert seen.loc["CLAP REPA, normal", "detectable_with_3"].all()
     assert not against_papers(loose, (3, 5))["detectable_with_5"].any()
     assert set(against_papers(tight, (3,))["metric"]) == {"clap_score"}  # only measured ones
+
+
+def test_a_table_report_says_what_its_base_seeds_can_detect() -> None:
+    trials = pd.DataFrame(
+        {
+            "configuration": ["base"] * 3 + ["beta_0.2"] * 3,
+            "state": ["COMPLETE"] * 5 + ["FAIL"],
+            "clap_score": [0.30, 0.32, 0.31, 0.35, 0.36, None],
+        }
+    )
+    section = report_section(trials, ["clap_score"], (3, 5))
+    assert "### What this table can detect" in section and "CLAP REPA, normal" in section
+    assert f"{minimum_detectable_difference(0.01, 3):.4g}" in section  # base's std is 0.01
+    assert report_section(trials.iloc[3:], ["clap_score"], (3,)) == ""  # no base: nothing
