@@ -49,7 +49,7 @@ from tasks.common.health import vocabulary_coverage, words_of
 from tasks.common.preflight import caption_column_problems, present, require
 from tasks.common.reporting import log_report
 from tasks.common.schema import CAPTION_COLUMNS, SEGMENT_COLUMNS, corpus_sample_rate
-from tasks.common.score_cache import CachedScorer, ScoreCache, backend_identity
+from tasks.common.score_cache import CachedScorer, ScoreCache, backend_identity, cache_directory
 from tasks.common.tracking import stage_run
 from tasks.params import Params, load_stage_params
 
@@ -310,7 +310,7 @@ def run(params: Params) -> dict:
     with stage_run(params, "captions"):
         clap = load_clap(params.backends.clap)
         rewriter = load_rewriter(params.backends.rewriter, params.captions, params.seed)
-        with ScoreCache(Path(params.curate.cache_dir)) as cache:
+        with ScoreCache(cache_directory(params.curate.cache_dir)) as cache:
             audio = CachedScorer(
                 cache,
                 "clap_audio",

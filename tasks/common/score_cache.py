@@ -13,6 +13,7 @@ finished survives an interruption.
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,11 @@ from tasks.backends.base import checkpoint_identity
 from tasks.params import BackendChoice
 
 CACHE_FILE = "scores.sqlite"
+# Where a sweep's trials keep the cache: they run in `dvc exp run --temp` copies of the
+# repository, where the relative `curate.cache_dir` would be a new, empty cache every time;
+# the trial flow (flows/trial.py) names the repository's own here. Entries are content-
+# addressed, so a shared cache never changes a result, only what is computed again.
+SHARED_CACHE_ENV = "TTM_SCORE_CACHE"
 TABLES = ("clap_audio", "pmos")
 
 # waveforms [N, T] at `sample_rate` -> [N] or [N, D] float32
@@ -48,6 +54,11 @@ def window_key(identity: str, window: np.ndarray, sample_rate: int) -> str:
     digest.update(np.ascontiguousarray(window, dtype=np.float32).tobytes())
     digest.update(int(sample_rate).to_bytes(8, "little"))
     return digest.hexdigest()
+
+
+def cache_directory(configured: str) -> Path:
+    """`curate.cache_dir`, unless $TTM_SCORE_CACHE names a shared one."""
+    return Path(os.environ.get(SHARED_CACHE_ENV) or configured)
 
 
 class ScoreCache:

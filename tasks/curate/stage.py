@@ -32,7 +32,7 @@ from tasks.common.preflight import calibration_problems, caption_column_problems
 from tasks.common.quality_levels import fitted_moments, moments, quality_level, quality_prefix
 from tasks.common.reporting import json_safe, log_report, numeric_items
 from tasks.common.schema import SEGMENT_COLUMNS
-from tasks.common.score_cache import CachedScorer, ScoreCache, backend_identity
+from tasks.common.score_cache import CachedScorer, ScoreCache, backend_identity, cache_directory
 from tasks.common.tracking import stage_run
 from tasks.curate import health
 from tasks.curate.report import write_reports
@@ -283,7 +283,7 @@ def run(params: Params) -> dict:
         "curate",
     )
     with stage_run(params, "curate"):
-        with ScoreCache(Path(params.curate.cache_dir)) as cache:
+        with ScoreCache(cache_directory(params.curate.cache_dir)) as cache:
             scorers = load_scorers(params, cache)
             checks = json_safe(health_checks(tracks, corpus_root, params, scorers))
             mlflow.log_metrics(numeric_items(checks, "health"))  # kept when the gate refuses

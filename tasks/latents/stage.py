@@ -44,7 +44,7 @@ from tasks.common.atomic import write_parquet
 from tasks.common.audio_io import segment_windows
 from tasks.common.preflight import caption_table_problems, require
 from tasks.common.schema import CAPTION_COLUMNS, corpus_sample_rate
-from tasks.common.score_cache import CachedScorer, ScoreCache, backend_identity
+from tasks.common.score_cache import CachedScorer, ScoreCache, backend_identity, cache_directory
 from tasks.common.text_conditioning import FINETUNE_COLUMN, TORCH_DTYPES, encoder_input
 from tasks.common.tracking import stage_run
 from tasks.latents import store
@@ -206,7 +206,7 @@ def build_cache(params: Params, inputs: dict[str, Path]) -> dict:
     texts, table = text_table(table, params)
     resumed = store.prepare(root, fingerprint(params, list(inputs.values())))
     per_shard = params.latents.segments_per_shard
-    with ScoreCache(Path(params.curate.cache_dir)) as cache:
+    with ScoreCache(cache_directory(params.curate.cache_dir)) as cache:
         encoders = load_encoders(params, cache)
         segments = store.write_missing_shards(
             root,

@@ -25,7 +25,7 @@ from tasks.backends.embedded import save_checkpoint
 from tasks.common import schema
 from tasks.common.rank_metrics import roc_auc
 from tasks.common.schema import SEGMENT_COLUMNS
-from tasks.common.score_cache import CachedScorer, ScoreCache
+from tasks.common.score_cache import SHARED_CACHE_ENV, CachedScorer, ScoreCache, cache_directory
 from tasks.corpus import stage as corpus
 from tasks.curate import report as curation_report
 from tasks.curate import stage as curate
@@ -481,3 +481,12 @@ def test_ground_truth_measures_on_a_hand_built_table() -> None:
     )
     rates = curation_report.tier_split_rate(truth)
     assert rates == {"all": 1 / 6, "clean": 0.0, "wrong": 1 / 2}
+
+
+def test_trials_share_the_repositorys_score_cache(monkeypatch, tmp_path: Path) -> None:
+    """A `dvc exp run --temp` copy would otherwise score every clip again: the trial flow
+    names the repository's cache in the environment, and the stages use it."""
+    monkeypatch.delenv(SHARED_CACHE_ENV, raising=False)
+    assert cache_directory(".cache/scores") == Path(".cache/scores")
+    monkeypatch.setenv(SHARED_CACHE_ENV, str(tmp_path))
+    assert cache_directory(".cache/scores") == tmp_path
