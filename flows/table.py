@@ -49,7 +49,8 @@ def ablation_table(
     url = storage(repo, storage_url)
     fanout.require_reproduced(repo)
     config = params(repo)
-    chosen = configurations or list(config.ablation.configurations)
+    # [] is base alone (a sensitivity study: base over many seeds); None is every row
+    chosen = list(config.ablation.configurations) if configurations is None else configurations
     seeds = seeds if seeds is not None else [0, 1, 2]
     fixed = fanout.budget_overrides(pretrain_steps, finetune_steps, None, overrides)
     levels = noise_levels or []

@@ -174,3 +174,6 @@ def test_table_cells_put_each_switch_alone_on_top_of_base(params) -> None:
     assert cells[4][2]["model.repa.clap.weight"] == 0.0
     with pytest.raises(ValueError, match=r"not in params\.yaml"):
         studies.table_cells(params.ablation, ["beta_3.0"], [0])
+    # no configuration: base alone, over as many seeds as a sensitivity study wants
+    alone = studies.table_cells(params.ablation, [], range(5))
+    assert [(cell.configuration, cell.seed) for cell in alone] == [("base", s) for s in range(5)]
