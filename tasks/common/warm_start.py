@@ -119,9 +119,10 @@ def loaded_code(root: Path) -> dict[Path, bytes]:
     environments = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}  # .venv/
     for module in list(sys.modules.values()):
         origin = getattr(module, "__file__", None)
-        if origin and origin.endswith(".py"):
+        # a source file of ours (torch's op namespaces carry a bare "_ops.py": not a file)
+        if isinstance(origin, str) and origin.endswith(".py") and os.path.isabs(origin):
             path = Path(origin).resolve()
-            inside = path.is_relative_to(root)
+            inside = path.is_relative_to(root) and path.is_file()
             if inside and not any(path.is_relative_to(prefix) for prefix in environments):
                 code[path.relative_to(root)] = path.read_bytes()
     return code
@@ -146,6 +147,7 @@ def serve(
     for module in preload:
         importlib.import_module(module)
     code = loaded_code(root)
+    _remove_if_dead(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(8)
@@ -158,6 +160,20 @@ def serve(
             continue
         with connection:
             _handle(connection, listener, code, set(modules))
+
+
+def _remove_if_dead(path: Path) -> None:
+    """A socket file left by a server that was killed (nobody answers on it) is removed;
+    one that answers belongs to a running server, and binding fails loudly."""
+    if not path.is_socket():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+    finally:
+        probe.close()
 
 
 def _handle(
