@@ -12,6 +12,7 @@ NAME`); its metrics are read back from it by name.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -105,6 +106,22 @@ class DvcResult:
         if said.startswith(">") or (killed_by and said == "Killed"):
             said = ""  # the stage's command line (it printed nothing), or dash's own notice
         return f"{stage} {how}" + (f": {said}" if said else "")
+
+
+def lock_digest(root: Path) -> str:
+    """sha256 of the repository's dvc.lock: which reproduced DAG its trials start from."""
+    return hashlib.sha256((root / "dvc.lock").read_bytes()).hexdigest()
+
+
+def refuse_another_dag(root: Path, study_digest: str) -> None:
+    """A trial runs only in a checkout whose dvc.lock is the study's ("" : not recorded)."""
+    digest = lock_digest(root)
+    if study_digest and digest != study_digest:
+        raise ParamsError(
+            f"this checkout's dvc.lock (sha256 {digest[:12]}) is not the one the study started "
+            f"from ({study_digest[:12]}): its results would not compare. Bring the checkout "
+            "to the study's commit (git pull && dvc pull) or start a new study"
+        )
 
 
 def check_overrides(root: Path, overrides: Mapping[str, Any]) -> Params:

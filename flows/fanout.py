@@ -89,13 +89,16 @@ def start_study(
     created once before any trial. A study of that name with another specification is
     refused before the parent run exists, so a refusal leaves no run behind."""
     studies.check_resumable(
-        storage, name, studies.study_spec(config, kind, "", fixed, timeout_seconds)
+        storage,
+        name,
+        studies.study_spec(config, kind, "", fixed, timeout_seconds, dvc_runs.lock_digest(repo)),
     )
     uri, experiment = tracking(repo)
     client = mlflow_runs.client_for(uri)
     tags = {"kind": kind, "study": name, "prefect.flow_run_id": str(flow_run.get_id())}
     parent = mlflow_runs.start_run(client, experiment, f"{kind}-{name}", tags, logged)
-    spec = studies.study_spec(config, kind, parent, fixed, timeout_seconds)
+    digest = dvc_runs.lock_digest(repo)
+    spec = studies.study_spec(config, kind, parent, fixed, timeout_seconds, digest)
     try:
         study = studies.create_study(storage, name, spec, *sampler)
     except Exception:  # the storage went away in between: the run says so

@@ -45,6 +45,10 @@ class StudySpec(BaseModel):
     mlflow_parent_run_id: str
     trial_timeout_seconds: float | None
     significance_level: float
+    # sha256 of the dvc.lock the study started from: a trial in a checkout whose DAG differs
+    # (another commit, a host whose clone is behind) is refused, since its results would
+    # not compare ("" in studies created before this was recorded: not checked)
+    dvc_lock_sha256: str = ""
 
     @property
     def direction(self) -> Direction:
@@ -57,6 +61,7 @@ def study_spec(
     parent_run_id: str,
     fixed_overrides: Mapping[str, Any],
     trial_timeout_seconds: float | None,
+    dvc_lock_sha256: str = "",
 ) -> StudySpec:
     ablation = params.ablation
     return StudySpec(
@@ -72,6 +77,7 @@ def study_spec(
         mlflow_parent_run_id=parent_run_id,
         trial_timeout_seconds=trial_timeout_seconds,
         significance_level=ablation.significance_level,
+        dvc_lock_sha256=dvc_lock_sha256,
     )
 
 
@@ -128,7 +134,10 @@ def _refuse_another_spec(study: optuna.Study, name: str, storage: str, spec: Stu
     stored = study.user_attrs.get(SPEC_ATTR)
     if stored is None:
         return
-    differs = _differences(StudySpec.model_validate(stored), spec)
+    before = StudySpec.model_validate(stored)
+    if not before.dvc_lock_sha256:  # a study from before the DAG was recorded: not compared
+        spec = spec.model_copy(update={"dvc_lock_sha256": ""})
+    differs = _differences(before, spec)
     if differs:
         raise ValueError(
             f"study {name!r} exists in {storage} with another specification ({differs}); "

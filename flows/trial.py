@@ -133,6 +133,7 @@ class ExperimentOutcome:
 def execute(trial: TrialRun) -> ExperimentOutcome:
     """Run the trial's DVC experiment with the trial's params, linked to its MLflow run."""
     try:
+        dvc_runs.refuse_another_dag(trial.repo, trial.spec.dvc_lock_sha256)
         dvc_runs.check_overrides(trial.repo, trial.claimed.overrides)
     except ParamsError as error:
         return ExperimentOutcome(succeeded=False, metrics={}, reason=str(error))

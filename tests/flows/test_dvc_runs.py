@@ -166,3 +166,13 @@ def test_a_lock_refusal_is_told_apart_from_a_failed_stage() -> None:
     )
     assert refused.locked_out and refused.transient
     assert not result(KILLED).locked_out and not result(RAISED).locked_out
+
+
+def test_a_trial_refuses_a_checkout_whose_dag_is_not_the_studys(tmp_path: Path) -> None:
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    digest = dvc_runs.lock_digest(tmp_path)
+    dvc_runs.refuse_another_dag(tmp_path, digest)  # the study's own DAG
+    dvc_runs.refuse_another_dag(tmp_path, "")  # a study that recorded none
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {corpus: {}}\n")
+    with pytest.raises(ParamsError, match=r"dvc\.lock .* is not the one the study started from"):
+        dvc_runs.refuse_another_dag(tmp_path, digest)

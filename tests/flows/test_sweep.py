@@ -46,6 +46,14 @@ def test_a_study_carries_its_spec_and_refuses_another_under_its_name(tmp_path, p
     assert studies.load_study(url, "s")[1].mlflow_parent_run_id == "f" * 32
     with pytest.raises(ValueError, match="another specification"):
         studies.create_study(url, "s", spec.model_copy(update={"objective": "fad_clap"}), "tpe", 0)
+    # a study that recorded its DAG refuses to resume on another one (its trials wouldn't
+    # compare); one from before the DAG was recorded resumes whatever it is now
+    studies.create_study(url, "d", spec.model_copy(update={"dvc_lock_sha256": "a" * 64}), "tpe", 0)
+    with pytest.raises(ValueError, match="dvc_lock_sha256"):
+        studies.create_study(
+            url, "d", spec.model_copy(update={"dvc_lock_sha256": "b" * 64}), "tpe", 0
+        )
+    studies.create_study(url, "s", spec.model_copy(update={"dvc_lock_sha256": "b" * 64}), "tpe", 0)
 
 
 def test_sweep_trials_sample_the_space_reproducibly_and_carry_fixed_overrides(
