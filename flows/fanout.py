@@ -50,9 +50,12 @@ def budget_overrides(
     finetune_steps: int | None,
     training_seed: int | None,
     overrides: dict[str, Any] | None,
+    trial_overrides: dict[str, Any],
 ) -> dict[str, Any]:
-    """The per-trial budget and seed as params overrides, on top of `overrides`."""
-    fixed = dict(overrides or {})
+    """The per-trial budget and seed as params overrides, on top of `overrides`, on top of
+    params.yaml's `ablation.trial_overrides` (the trial evaluation profile): a flow's
+    `overrides` can set `evaluate.profile: full` back for its trials."""
+    fixed = {**trial_overrides, **(overrides or {})}
     if pretrain_steps is not None:
         fixed["train.optim.steps"] = pretrain_steps
     if finetune_steps is not None:

@@ -36,7 +36,8 @@ def ablation_sweep(
 
     storage_url: Optuna storage (SQLite in the repository by default; a PostgreSQL URL for
     workers on several machines). pretrain_steps / finetune_steps: the budget per trial.
-    training_seed: `train.seed` of every trial. overrides: more params for every trial.
+    training_seed: `train.seed` of every trial. overrides: more params for every trial, on
+    top of params.yaml's `ablation.trial_overrides` (the trial evaluation profile).
     trial_deployment: where trials run (None: one after another in this process).
     """
     repo = repository(root)
@@ -47,9 +48,11 @@ def ablation_sweep(
             f"{study_name!r}: give n_trials >= 1 to start it"
         )
     fanout.require_reproduced(repo)
-    fixed = fanout.budget_overrides(pretrain_steps, finetune_steps, training_seed, overrides)
-    dvc_runs.check_overrides(repo, fixed)
     config = params(repo)
+    fixed = fanout.budget_overrides(
+        pretrain_steps, finetune_steps, training_seed, overrides, config.ablation.trial_overrides
+    )
+    dvc_runs.check_overrides(repo, fixed)
     timeout = trial_timeout_minutes * 60 if trial_timeout_minutes else None
     space = {key: dimension.model_dump() for key, dimension in config.ablation.search_space.items()}
     logged = {

@@ -52,7 +52,10 @@ def ablation_table(
     # [] is base alone (a sensitivity study: base over many seeds); None is every row
     chosen = list(config.ablation.configurations) if configurations is None else configurations
     seeds = seeds if seeds is not None else [0, 1, 2]
-    fixed = fanout.budget_overrides(pretrain_steps, finetune_steps, None, overrides)
+    # params.yaml's ablation.trial_overrides (the trial evaluation), under `overrides`
+    fixed = fanout.budget_overrides(
+        pretrain_steps, finetune_steps, None, overrides, config.ablation.trial_overrides
+    )
     levels = noise_levels or []
     cells = studies.table_cells(config.ablation, chosen, seeds, levels)
     for cell in cells:  # every cell valid before any runs

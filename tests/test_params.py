@@ -63,6 +63,8 @@ def test_shipped_params_load_with_paper_values(shipped_params):
             "less than or equal to 1",
         ),
         ({"quality": {"inference_level": 6}}, "quality", "inference_level must be <= levels"),
+        ({"evaluate": {"profile": "quick"}}, "evaluate.profile", "'full' or 'trial'"),
+        ({"evaluate": {"trial": {"metrics": ["genre_accuracy"]}}}, "evaluate.trial.metrics.0", ""),
     ],
 )
 def test_bad_values_name_their_key(shipped_params, overlay, key, fragment):
@@ -194,6 +196,7 @@ def test_params_rewritten_by_dvc_exp_run_load_the_same(tmp_path):
             "not a float parameter",
         ),
         ({"objective": "accuracy"}, "is not one of metrics"),
+        ({"trial_overrides": {"evaluate.profil": "trial"}}, "ablation.trial_overrides"),
         (
             {"noise_levels": {"w": {"data.noise.wrong_fraction": 0.1}}},
             "ablation.noise_levels.w.data.noise.wrong_fraction",
@@ -269,3 +272,14 @@ def test_shipped_data_centric_rows_switch_one_recipe_off_against_base(shipped_pa
         level["data.noise.wrong_caption_fraction"] for level in ablation.noise_levels.values()
     ]
     assert fractions == [0.0, 0.15, 0.30]
+
+
+def test_trial_evaluation_must_compute_what_the_tables_read(shipped_params):
+    """Trials run the trial profile (ablation.trial_overrides): a metric the tables read
+    from reports/metrics.json that it does not compute is refused, naming the key."""
+    raw = copy.deepcopy(shipped_params)
+    raw["evaluate"]["trial"]["metrics"] = ["clap_score", "pmos"]
+    with pytest.raises(ParamsError, match=r"evaluate\.trial\.metrics: 'fad_clap' is missing"):
+        params_with(raw, {})
+    raw["ablation"]["trial_overrides"] = {}  # trials evaluate in full: nothing to cover
+    assert params_with(raw, {}).evaluate.profile == "full"

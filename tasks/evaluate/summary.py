@@ -25,7 +25,7 @@ IS as audioldm_eval computes them, p-MOS):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,45 +146,58 @@ class Summariser:
         return kl
 
     # ------------------------------------------------------------------ metrics
-    def summarise(self, scored: ScoredSet, distances: bool = True) -> dict[str, BootstrapCI]:
-        """Every metric of one set; `distances` False for the reference itself (FAD and KL
-        against itself say nothing)."""
+    def summarise(
+        self, scored: ScoredSet, distances: bool = True, only: Collection[str] | None = None
+    ) -> dict[str, BootstrapCI]:
+        """Every metric of one set, or those named in `only` (a trial evaluation's); `distances`
+        False for the reference itself (FAD and KL against itself say nothing)."""
         mean = self.settings.mean
         index = scored.prompt_index
-        result = {"clap_score": mean(per_prompt(self.clap_scores(scored), index))}
-        if self.wrong_prompt is not None:
+        wanted = _wanted(only)
+        result = {}
+        if wanted("clap_score"):
+            result["clap_score"] = mean(per_prompt(self.clap_scores(scored), index))
+        if self.wrong_prompt is not None and wanted("clap_score_wrong_prompt"):
             wrong = self.wrong_prompt_clap_scores(scored, self.wrong_prompt)
             result["clap_score_wrong_prompt"] = mean(per_prompt(wrong, index))
-        result |= {
-            "pmos": mean(per_prompt(scored.scores.pmos.astype(np.float64), index)),
-            "inception_score": self._set_statistic(
+        if wanted("pmos"):
+            result["pmos"] = mean(per_prompt(scored.scores.pmos.astype(np.float64), index))
+        if wanted("inception_score"):
+            result["inception_score"] = self._set_statistic(
                 scored,
                 lambda rows: (
                     inception_score(
                         scored.scores.tag_probabilities[rows], splits=1, shuffle_seed=None
                     ).mean
                 ),
-            ),
-        }
+            )
         if distances:
-            result.update(self.distances_of(scored))
+            result.update(self.distances_of(scored, only))
         for attribute, hits in scored.hits.items():
             values = per_prompt(hits, index)
             if values.size:
                 result[f"{attribute}_accuracy"] = mean(values)
         return result
 
-    def distances_of(self, scored: ScoredSet) -> dict[str, BootstrapCI]:
+    def distances_of(
+        self, scored: ScoredSet, only: Collection[str] | None = None
+    ) -> dict[str, BootstrapCI]:
+        wanted = _wanted(only)
+
         def to_reference(name: str) -> Callable[[np.ndarray], float]:
             distance = self.distances[name]
             features = "clap_audio" if name == "fad_clap" else "teacher"
             return lambda rows: distance(getattr(scored.scores, features)[rows])
 
-        result = {name: self._set_statistic(scored, to_reference(name)) for name in self.distances}
-        kl = per_prompt(self.paired_kl(scored), scored.prompt_index)
-        if kl.size:
+        result = {
+            name: self._set_statistic(scored, to_reference(name))
+            for name in self.distances
+            if wanted(name)
+        }
+        kl = per_prompt(self.paired_kl(scored), scored.prompt_index) if wanted("kl") else None
+        if kl is not None and kl.size:
             result["kl"] = self.settings.mean(kl)
-        if self.fad_infinity:
+        if self.fad_infinity and wanted("fad_clap_infinity"):
             result["fad_clap_infinity"] = self._set_statistic(
                 scored,
                 lambda rows: (
@@ -196,6 +209,10 @@ class Summariser:
                 ),
             )
         return result
+
+
+def _wanted(only: Collection[str] | None) -> Callable[[str], bool]:
+    return lambda name: only is None or name in only
 
 
 def interval_record(ci: BootstrapCI) -> dict[str, float]:

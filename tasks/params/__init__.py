@@ -124,6 +124,7 @@ class Params(Section):
         tree = self.model_dump(exclude={"ablation"})
         ablation = self.ablation
         named = {f"ablation.base.{key}": key for key in ablation.base}
+        named |= {f"ablation.trial_overrides.{key}": key for key in ablation.trial_overrides}
         for name, overrides in ablation.configurations.items():
             named |= {f"ablation.configurations.{name}.{key}": key for key in overrides}
         for name, overrides in ablation.noise_levels.items():
@@ -133,7 +134,23 @@ class Params(Section):
         for key in ablation.search_space:
             if not isinstance(resolve_key(tree, key, f"ablation.search_space.{key}"), float):
                 raise ValueError(f"ablation.search_space.{key}: {key} is not a float parameter")
+        self._trial_metrics_cover_the_ablation()
         return self
+
+    def _trial_metrics_cover_the_ablation(self) -> None:
+        """A trial evaluation must write every generated.* metric the tables read."""
+        if self.ablation.trial_overrides.get("evaluate.profile") != "trial":
+            return
+        computed = set(self.evaluate.trial.metrics)
+        for name, spec in self.ablation.metrics.items():
+            parts = spec.key.split(".")
+            from_trial = spec.file == "reports/metrics.json" and parts[0] == "generated"
+            if from_trial and parts[1] not in computed:
+                raise ValueError(
+                    f"evaluate.trial.metrics: {parts[1]!r} is missing, and ablation.metrics."
+                    f"{name} reads it from trials (ablation.trial_overrides sets "
+                    "evaluate.profile: trial)"
+                )
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], source: str = "params.yaml") -> Params:

@@ -65,6 +65,8 @@ class AblationParams(Section):
     # over; each level gets its own base, and deltas and tests compare at the same level.
     noise_levels: dict[str, dict[str, Any]]
     significance_level: Annotated[float, Field(gt=0.0, lt=1.0)]
+    # params every trial gets under the flows' own overrides (e.g. evaluate.profile: trial)
+    trial_overrides: dict[str, Any]
 
     @model_validator(mode="after")
     def _objective_is_a_metric(self) -> Self:

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
 from tasks.params.base import PositiveInt, Section
+
+# What a trial evaluation can compute for the generated set (tasks/evaluate/summary.py): the
+# metrics a sweep or an ablation table ranks trials by, never the attribute accuracies.
+TrialMetric = Literal[
+    "clap_score",
+    "clap_score_wrong_prompt",
+    "pmos",
+    "inception_score",
+    "fad_clap",
+    "fad_teacher",
+    "kl",
+    "fad_clap_infinity",
+]
+
+
+class TrialEvaluation(Section):
+    """The `trial` profile (issue 18): the same generator and scorers on a smaller set, only
+    the metrics that rank a trial; no floor/ceiling rows, attribute analysis, quality curve,
+    plots or listening page."""
+
+    prompts: PositiveInt | None  # the first n evaluation prompts; null: all of them
+    generations_per_prompt: PositiveInt
+    metrics: list[TrialMetric] = Field(min_length=1)
 
 
 class EvaluateParams(Section):
@@ -20,6 +43,10 @@ class EvaluateParams(Section):
     that prompt's reference (audioldm_eval's pairing by file name, for the paired KL).
     """
 
+    # full: every report (what `dvc repro` runs, the promoted model's evaluation); trial: the
+    # ranking metrics only (`trial`), what sweep and table trials run (ablation.trial_overrides)
+    profile: Literal["full", "trial"]
+    trial: TrialEvaluation
     checkpoint: str
     prompts: str | None
     reference_audio: str | None

@@ -16,18 +16,29 @@ from flows.dvc_runs import DvcResult
 from flows.settings import repository, storage
 from flows.sweep import ablation_sweep
 from flows.table import ablation_table
-from tasks.params import Params
+from tasks.params import Params, load_params
 from tests.conftest import REPO
 
 
 def test_budget_and_seed_become_params_overrides() -> None:
-    assert fanout.budget_overrides(None, None, None, None) == {}
-    assert fanout.budget_overrides(300, 100, 7, {"sample.steps": 10}) == {
+    assert fanout.budget_overrides(None, None, None, None, {}) == {}
+    assert fanout.budget_overrides(300, 100, 7, {"sample.steps": 10}, {}) == {
         "sample.steps": 10,
         "train.optim.steps": 300,
         "finetune.optim.steps": 100,
         "train.seed": 7,
     }
+
+
+def test_every_trial_gets_the_trial_evaluation_unless_the_flow_overrides_it() -> None:
+    """params.yaml's ablation.trial_overrides is the bottom layer of every trial's overrides:
+    the trial evaluation profile by default, a flow's `overrides` winning over it."""
+    defaults = load_params(REPO / "params.yaml").ablation.trial_overrides
+    assert defaults["evaluate.profile"] == "trial"
+    fixed = fanout.budget_overrides(300, None, None, None, defaults)
+    assert fixed == {**defaults, "train.optim.steps": 300}
+    full = fanout.budget_overrides(None, None, None, {"evaluate.profile": "full"}, defaults)
+    assert full["evaluate.profile"] == "full"
 
 
 def test_flows_work_in_the_project_repository(tmp_path: Path) -> None:

@@ -57,6 +57,9 @@ def test_table_deployment_runs_base_and_one_switch_over_two_seeds(stack):
     metrics = yaml.safe_load((stack.root / "params.yaml").read_text())["ablation"]["metrics"]
     statistics = ("mean", "std", "delta", "p", "significant")
     assert {f"{m}_{s}" for m in metrics for s in statistics} <= set(table["columns"])
+    # params.yaml's ablation.trial_overrides: every cell ran the trial evaluation
+    fixed = json.loads(parent.data.params["fixed_overrides"])
+    assert fixed["evaluate.profile"] == "trial"
     rows = {row[0]: dict(zip(table["columns"], row, strict=True)) for row in table["data"]}
     assert list(rows) == ["base", ROW]
     assert all(row["seeds"] == 2 and row["failed"] == 0 for row in rows.values())
