@@ -88,7 +88,8 @@ def test_bad_flow_parameters_fail_naming_the_flow_parameter(flow, bad, named) ->
 
 def test_a_refused_resume_creates_no_mlflow_run(tmp_path: Path, shipped_params: dict) -> None:
     """A study name that exists with another budget is refused before its parent run."""
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    for name in ("params.yaml", "dvc.lock"):  # the study records which DAG it starts from
+        shutil.copy(REPO / name, tmp_path / name)
     config = Params.from_mapping(shipped_params)
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     fanout.start_study(
