@@ -90,6 +90,9 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, default=None, help="a reproduced repository")
     parser.add_argument("--pretrain-steps", type=int, default=None)
     parser.add_argument("--finetune-steps", type=int, default=None)
+    parser.add_argument(
+        "--cold-stages", action="store_true", help="no warm-start servers (flows.serve's flag)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sweep-bench-") as scratch:
         if args.repo is None:
@@ -101,7 +104,7 @@ def main() -> None:
             root = args.repo.resolve()
             env = scratch_repo.environment(root)
         started = time.perf_counter()
-        serve = ["--workers", str(args.workers)]
+        serve = ["--workers", str(args.workers), *(["--cold-stages"] if args.cold_stages else [])]
         with prefect_stack.running(root, env, serve) as stack:
             print(f"Prefect server + flows.serve up in {time.perf_counter() - started:.0f} s")
             name = f"bench-{int(time.time())}"
