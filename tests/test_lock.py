@@ -34,14 +34,19 @@ def test_the_lock_pins_every_dependency_within_its_range() -> None:
         )
 
 
+def _installed(name: str) -> Version | None:
+    """The version import resolves first: other copies further down sys.path (setuptools'
+    vendored packaging, zipp, ... once it is imported) don't count."""
+    try:
+        return Version(metadata.version(name))
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def test_the_environment_is_the_locked_one() -> None:
-    installed = {
-        canonicalize_name(dist.metadata["Name"]): Version(dist.version)
-        for dist in metadata.distributions()
-    }
     differing = {
-        name: (str(pinned), str(installed.get(name)))
+        name: (str(pinned), str(_installed(name)))
         for name, pinned in _pins().items()
-        if installed.get(name) != pinned
+        if _installed(name) != pinned
     }
     assert not differing, f"(locked, installed): {differing}; run `make setup`"

@@ -222,7 +222,7 @@ def test_stats_are_the_train_split_channel_moments(root):
 
 def test_unknown_caption_column_fails_naming_the_cached_ones(root):
     with pytest.raises(KeyError, match="caption_dense"):
-        LatentDataset(root, "train", "pretrain", ["caption_missing"], FINETUNE_COLUMN, 0, 0.1, 3)
+        LatentDataset(root, "train", "pretrain", ["caption_missing"], [FINETUNE_COLUMN], 0, 0.1, 3)
 
 
 def test_rewriting_an_unchanged_cache_resumes_and_changes_no_byte(root):

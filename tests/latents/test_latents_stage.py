@@ -129,7 +129,7 @@ def test_killed_run_resumes_to_the_same_cache(curated_workspace, tmp_path) -> No
         "train",
         "finetune",
         params.captions.pretrain_columns,
-        "caption_inference",
+        ["caption_inference"],
         params.seed,
         0.0,
         params.quality.unconditional_level,
