@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,18 +42,9 @@ from flows.sweep import ablation_sweep
 from flows.table import ablation_table
 from flows.trial import ablation_trial
 from tasks.common import warm_start
+from tasks.params import read_yaml
 
 PREFECT = [sys.executable, "-m", "prefect"]
-# The stage packages whose `python -m` commands a worker's warm-start server runs.
-WARM_STAGES = (
-    "tasks.corpus",
-    "tasks.scorers",
-    "tasks.curate",
-    "tasks.captions",
-    "tasks.latents",
-    "tasks.train",
-    "tasks.evaluate",
-)
 
 
 def api_url() -> str:
@@ -140,6 +132,13 @@ def start_workers(
     return processes
 
 
+def stage_packages(repo: Path) -> list[str]:
+    """The packages of the `python -m tasks.<stage>` commands dvc.yaml's stages run."""
+    commands = (stage["cmd"] for stage in read_yaml(repo / "dvc.yaml")["stages"].values())
+    found = (re.search(r"python -m (tasks\.\w+)", command) for command in commands)
+    return list(dict.fromkeys(match.group(1) for match in found if match))
+
+
 def start_warm_server(
     socket_path: Path, env: dict[str, str], log_path: Path, repo: Path
 ) -> subprocess.Popen:
@@ -147,7 +146,7 @@ def start_warm_server(
     `repo` (it serves only commands whose working directory holds the same code)."""
     command = [sys.executable, "-m", "tasks.common.warm_start", "--socket", str(socket_path)]
     command += ["--parent", str(os.getpid())]  # a serve killed outright takes it down too
-    for module in WARM_STAGES:
+    for module in stage_packages(repo):
         command += ["--module", module, "--preload", f"{module}.stage"]
     with log_path.open("a") as log:
         return subprocess.Popen(command, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -131,3 +131,10 @@ def test_the_server_leaves_when_whoever_started_it_is_gone(tmp_path: Path) -> No
     while Path(f"/proc/{orphan}").exists() and _state(orphan) != "Z":
         assert time.monotonic() < deadline, "the orphaned warm server kept running"
         time.sleep(0.1)
+
+
+def test_the_workers_serve_every_stage_command_of_dvc_yaml() -> None:
+    from flows.serve import stage_packages
+    from tests.test_layout import STAGE_PACKAGES
+
+    assert stage_packages(REPO) == list(STAGE_PACKAGES)
