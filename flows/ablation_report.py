@@ -1,25 +1,35 @@
 """The report a sweep or table ends with: tables to MLflow (parent run) and to reports/.
 
-`reports/ablations/<study>.{md,html}` hold one study each (with Optuna's figures beside them
-as PNG); `reports/ablations.md` is rebuilt from all of them, newest first, so it lists every
-sweep and table run in this repository.
+`reports/ablations/<study>.{md,html}` hold one study each (with Optuna's figures, or a
+table's differences from base, beside them as PNG); `reports/ablations.md` is rebuilt from
+all of them, newest first, so it lists every sweep and table run in this repository.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import mlflow
 import optuna
 import pandas as pd
+from matplotlib.figure import Figure
 
-from flows import ablation_tables, mlflow_runs, mlflow_views, sensitivity
+from flows import (
+    ablation_figures,
+    ablation_tables,
+    findings,
+    mlflow_runs,
+    mlflow_views,
+    sensitivity,
+)
 from flows.studies import StudySpec
 from tasks.common.atomic import atomic_path
 
 REPORTS = Path("reports")
 INDEX = "ablations.md"
+FIGURE_LINK = re.compile(r"\]\(([^)/]+\.png)\)")
 # Seeds per arm at which a table's report gives the minimum detectable differences (issue 18:
 # the papers' protocols at 3 seeds, and the 5 a sensitivity study runs on base).
 DETECTABLE_AT_SEEDS = (3, 5)
@@ -83,6 +93,11 @@ def summary_metrics(
     return metrics
 
 
+def _table_figures(table: pd.DataFrame, spec: StudySpec) -> dict[str, Figure]:
+    figure = ablation_figures.deltas_figure(table, spec)
+    return {} if figure is None else {"deltas": figure}
+
+
 def write_index(reports: Path) -> Path:
     studies = sorted(
         (reports / "ablations").glob("*.md"), key=lambda path: path.stat().st_mtime, reverse=True
@@ -94,7 +109,9 @@ def write_index(reports: Path) -> Path:
     )
     index = reports / INDEX
     with atomic_path(index) as tmp:
-        tmp.write_text(header + "\n".join(path.read_text() for path in studies))
+        # the studies' figures lie in ablations/, beside their reports
+        text = "\n".join(FIGURE_LINK.sub(r"](ablations/\1)", path.read_text()) for path in studies)
+        tmp.write_text(header + text)
     return index
 
 
@@ -116,8 +133,11 @@ def publish(
     markdown = ablation_tables.markdown_report(title, summary, trials, table, spec)
     if table is not None:  # how small a difference these seeds could see, against the papers'
         markdown += sensitivity.report_section(trials, list(spec.metrics), DETECTABLE_AT_SEEDS)
+        markdown += findings.report_section(table, spec)
     folder = repo / REPORTS / "ablations"
     folder.mkdir(parents=True, exist_ok=True)
+    figures = mlflow_runs.optuna_figures(study) if table is None else _table_figures(table, spec)
+    markdown += "".join(f"\n![{name}]({study.study_name}_{name}.png)\n" for name in figures)
     # What a reader looks at first (MLflow lists artifacts by name: `compact` comes first),
     # then every column; an empty cell where a value doesn't exist, never `null`.
     compact = (
@@ -133,8 +153,8 @@ def publish(
         tmp.write_text(markdown)
     shown = {"summary": compact, "trials": ablation_tables.trials_display(trials)}
     with atomic_path(files["html"]) as tmp:
-        tmp.write_text(ablation_tables.html_report(title, summary, shown))
-    figures = mlflow_runs.optuna_figures(study) if spec.kind == "sweep" else {}
+        images = [f"{study.study_name}_{name}.png" for name in figures]
+        tmp.write_text(ablation_tables.html_report(title, summary, shown, images))
     for name, figure in figures.items():
         with atomic_path(folder / f"{study.study_name}_{name}.png") as tmp:
             figure.savefig(tmp, format="png", dpi=110)

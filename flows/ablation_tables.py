@@ -95,23 +95,43 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
+# A table that mixes cells at named noise levels with cells at the corpus as params.yaml
+# sets it (a table run without `noise_levels`, then resumed with some) labels the latter so.
+PARAMS_LEVEL = "params.yaml"
+
+
 def noise_levels(trials: pd.DataFrame) -> list[str | None]:
-    """The table's noise levels in the order its trials were queued; [None] without the axis."""
+    """The table's noise levels in the order its trials were queued, None for cells at the
+    corpus params.yaml sets; [None] without the axis."""
     if "noise" not in trials or trials["noise"].isna().all():
         return [None]
-    return list(dict.fromkeys(trials["noise"].dropna()))
+    return list(dict.fromkeys(None if pd.isna(level) else level for level in trials["noise"]))
+
+
+def at_level(trials: pd.DataFrame, level: str | None) -> pd.DataFrame:
+    """The trials at noise `level` (None: those without a level)."""
+    if "noise" not in trials:
+        return trials
+    return trials[trials["noise"].isna()] if level is None else trials[trials["noise"] == level]
+
+
+def level_label(level: str | None) -> str:
+    return PARAMS_LEVEL if level is None else level
 
 
 def table_one(trials: pd.DataFrame, spec: StudySpec, configurations: Sequence[str]) -> pd.DataFrame:
     """Rows base, then `configurations` in order (per noise level, with a `noise` column,
-    when the table has that axis); per metric: mean, std, delta vs base at the same noise
-    level, Welch's p."""
+    when the table has that axis: at each level the configurations that have cells there);
+    per metric: mean, std, delta vs base at the same noise level, Welch's p."""
     levels = noise_levels(trials)
+    if levels == [None]:
+        return pd.DataFrame(_level_rows(trials, spec, configurations))
     rows = []
     for level in levels:
-        mine = trials if level is None else trials[trials["noise"] == level]
-        for row in _level_rows(mine, spec, configurations):
-            rows.append(row if level is None else {"noise": level, **row})
+        mine = at_level(trials, level)
+        present = set(mine["configuration"])
+        chosen = [name for name in configurations if name in present]
+        rows += [{"noise": level_label(level), **row} for row in _level_rows(mine, spec, chosen)]
     return pd.DataFrame(rows)
 
 
@@ -206,6 +226,8 @@ def compact_trials(trials: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
     for _, trial in trials.iterrows():
         row: dict[str, str] = {"trial": str(trial["trial"])}
         row |= {short: _number(trial[key]) for key, short in varied.items()}
+        if "noise" in varied and pd.isna(trial["noise"]):
+            row["noise"] = PARAMS_LEVEL
         row |= {name: _number(trial[name]) for name in metrics}
         minutes = trial.get("trial_seconds", math.nan)
         row |= {"state": str(trial["state"]), "minutes": _number(minutes / 60, 3)}
@@ -292,7 +314,10 @@ def markdown_report(
 
 
 def html_report(
-    title: str, markdown_summary: Mapping[str, object], tables: Mapping[str, pd.DataFrame]
+    title: str,
+    markdown_summary: Mapping[str, object],
+    tables: Mapping[str, pd.DataFrame],
+    images: Sequence[str] = (),
 ) -> str:
     items = "".join(
         f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>"
@@ -302,6 +327,7 @@ def html_report(
         f"<h2>{html.escape(name)}</h2>{frame.to_html(index=False, na_rep='–', border=0)}"
         for name, frame in tables.items()
     )
+    sections += "".join(f"<p><img src='{html.escape(image)}' alt=''></p>" for image in images)
     style = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from flows.ablation_tables import noise_levels
+from flows.ablation_tables import at_level, level_label, noise_levels
 from flows.power import minimum_detectable_difference
 from flows.studies import BASE
 
@@ -96,9 +96,8 @@ def against_papers(table: pd.DataFrame, seeds: Sequence[int]) -> pd.DataFrame:
 
 def base_values(trials: pd.DataFrame, metrics: Sequence[str], level: str | None) -> dict:
     """Each metric's values over base's complete seeds (at noise `level`, if the table has one)."""
-    base = trials[(trials["configuration"] == BASE) & (trials["state"] == "COMPLETE")]
-    if level is not None:
-        base = base[base["noise"] == level]
+    mine = at_level(trials, level)
+    base = mine[(mine["configuration"] == BASE) & (mine["state"] == "COMPLETE")]
     return {metric: base[metric].dropna().tolist() for metric in metrics if metric in base}
 
 
@@ -106,12 +105,13 @@ def report_section(trials: pd.DataFrame, metrics: Sequence[str], seeds: Sequence
     """Markdown: per noise level, base's spread and the differences the table could detect,
     then the papers' effects beside them; empty where base has fewer than two seeds."""
     lines = []
-    for level in noise_levels(trials):
+    levels = noise_levels(trials)
+    for level in levels:
         values = base_values(trials, metrics, level)
         if any(len(v) < 2 for v in values.values()) or not values:
             continue
         table = spread(values, seeds)
-        suffix = f" (noise level {level})" if level is not None else ""
+        suffix = "" if levels == [None] else f" (noise level {level_label(level)})"
         lines += [
             f"### What this table can detect{suffix}",
             "",

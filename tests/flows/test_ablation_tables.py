@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 from scipy import stats
 
-from flows import ablation_report, ablation_tables, dvc_runs, studies
+from flows import ablation_report, ablation_tables, dvc_runs, sensitivity, studies
 from tasks.params import Params
 from tasks.train import pruning
 
@@ -232,6 +232,56 @@ def test_table_over_noise_levels_compares_with_base_at_the_same_level(
     ]
     metrics = ablation_report.summary_metrics(study, spec, trials, table)
     assert metrics["wrong_30/no_clap_filter/clap_score_mean"] == pytest.approx(0.205)
+
+
+def test_a_table_resumed_with_a_noise_level_keeps_its_cells_at_the_params_corpus(
+    tmp_path, shipped_params
+) -> None:
+    """Run without noise levels (every row), then resumed with the data-centric row at one
+    level: both sets of cells are in the table, each compared with base at its own level,
+    the first labelled as the corpus params.yaml sets; a level shows only its own rows."""
+    params = Params.from_mapping(shipped_params)
+    spec = studies.study_spec(params, "table", "p" * 32, {}, None)
+    study = studies.create_study(f"sqlite:///{tmp_path / 'o.db'}", "m", spec, "random", 0)
+    plain = studies.table_cells(params.ablation, ["beta_0.2", "no_clap_filter"], [0, 1])
+    noisy = studies.table_cells(params.ablation, ["no_clap_filter"], [0, 1], ["wrong_30"])
+    scores = {
+        (None, "base"): [0.30, 0.31],
+        (None, "beta_0.2"): [0.30, 0.32],
+        (None, "no_clap_filter"): [0.28, 0.29],
+        ("wrong_30", "base"): [0.26, 0.27],
+        ("wrong_30", "no_clap_filter"): [0.20, 0.21],
+    }
+    for cells in (plain, noisy):
+        studies.enqueue_cells(study, cells)
+        for _ in cells:
+            claimed = studies.claim_trial(study, spec, {})
+            attrs = pruning.trial_by_number(study, claimed.number).user_attrs
+            value = scores[(attrs["noise"], attrs["configuration"])][attrs["seed"]]
+            metrics = {"clap_score": value, "fad_clap": 1.0 - value}
+            studies.close_trial(study, claimed.number, TrialState.COMPLETE, value, metrics, None)
+    trials = ablation_tables.trials_table(study, spec)
+    table = ablation_tables.table_one(trials, spec, ["beta_0.2", "no_clap_filter"])
+    label = ablation_tables.PARAMS_LEVEL
+    assert list(zip(table["noise"], table["configuration"], strict=True)) == [
+        (label, "base"),
+        (label, "beta_0.2"),
+        (label, "no_clap_filter"),
+        ("wrong_30", "base"),
+        ("wrong_30", "no_clap_filter"),
+    ]
+    rows = table.set_index(["noise", "configuration"])
+    assert rows.loc[(label, "no_clap_filter"), "clap_score_delta"] == pytest.approx(-0.02)
+    assert rows.loc[("wrong_30", "no_clap_filter"), "clap_score_delta"] == pytest.approx(-0.06)
+    # Holm over the rows of each level: two rows at params.yaml's corpus, one at wrong_30
+    p_plain = rows.loc[(label, "no_clap_filter"), "clap_score_p"]
+    assert rows.loc[(label, "no_clap_filter"), "clap_score_p_holm"] >= p_plain
+    p_noisy = rows.loc[("wrong_30", "no_clap_filter"), "clap_score_p"]
+    assert rows.loc[("wrong_30", "no_clap_filter"), "clap_score_p_holm"] == pytest.approx(p_noisy)
+    compact = ablation_tables.compact_trials(trials, spec)
+    assert set(compact["noise"]) == {label, "wrong_30"}
+    section = sensitivity.report_section(trials, ["clap_score"], (3, 5))
+    assert f"(noise level {label})" in section and "(noise level wrong_30)" in section
 
 
 def test_holm_adjusts_step_down_and_keeps_order() -> None:
