@@ -83,6 +83,32 @@ def _welch(sample: np.ndarray, base: np.ndarray, confidence: float) -> tuple[flo
     return float(result.pvalue), float(interval.low), float(interval.high)
 
 
+def _paired(
+    mine: pd.DataFrame, base: pd.DataFrame, metric: str, confidence: float
+) -> dict[str, float]:
+    """Seed by seed (the cells of one seed share initial weights, data order and evaluation
+    noise): the mean of configuration − base over the seeds both have, the `confidence`
+    interval and two-sided p of a one-sample t-test of those differences, their std, count."""
+    ours = mine.dropna(subset=[metric]).groupby("seed")[metric].mean()
+    theirs = base.dropna(subset=[metric]).groupby("seed")[metric].mean()
+    differences = (ours - theirs).dropna().to_numpy(np.float64)
+    out = dict.fromkeys(("delta", "ci_low", "ci_high", "p", "std"), math.nan)
+    out["pairs"] = float(len(differences))
+    if len(differences) < 2:
+        return out
+    out["delta"] = float(differences.mean())
+    out["std"] = float(differences.std(ddof=1))
+    if out["std"] == 0:
+        out["ci_low"] = out["ci_high"] = out["delta"]
+        out["p"] = 1.0 if out["delta"] == 0 else 0.0
+        return out
+    result = stats.ttest_1samp(differences, 0.0)
+    interval = result.confidence_interval(confidence_level=confidence)
+    out |= {"p": float(result.pvalue), "ci_low": float(interval.low)}
+    out["ci_high"] = float(interval.high)
+    return out
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm's step-down adjustment over one family (a table's rows for one metric at one
     noise level): controls the chance of any false positive among them; NaN stays NaN."""
@@ -161,13 +187,16 @@ def _level_rows(
             p_value, low, high = _welch(values, reference, 1 - spec.significance_level)
             row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = low, high
             row[f"{metric}_p"] = p_value
+            paired = _paired(mine, base, metric, 1 - spec.significance_level)
+            row |= {f"{metric}_paired_{key}": value for key, value in paired.items()}
         rows.append(row)
-    for metric in spec.metrics:  # one family per metric: every row against base
-        compared = [row for row in rows if row["configuration"] != BASE]
-        adjusted = holm([float(row[f"{metric}_p"]) for row in compared])  # type: ignore[arg-type]
-        for row, p_holm in zip(compared, adjusted, strict=True):
-            row[f"{metric}_p_holm"] = p_holm
-            row[f"{metric}_significant"] = bool(p_holm < spec.significance_level)
+    compared = [row for row in rows if row["configuration"] != BASE]
+    for metric in spec.metrics:  # one family per metric (and test): every row against base
+        for test in ("", "paired_"):
+            p_values = [float(row[f"{metric}_{test}p"]) for row in compared]  # type: ignore[arg-type]
+            for row, p_holm in zip(compared, holm(p_values), strict=True):
+                row[f"{metric}_{test}p_holm"] = p_holm
+                row[f"{metric}_{test}significant"] = bool(p_holm < spec.significance_level)
     return rows
 
 
@@ -269,6 +298,17 @@ def table_one_display(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
                     is_base, table[f"{metric}_p"], table[f"{metric}_p_holm"], strict=True
                 )
             ]
+            paired = zip(
+                is_base,
+                table[f"{metric}_paired_delta"],
+                table[f"{metric}_paired_significant"],
+                table[f"{metric}_paired_p_holm"],
+                strict=True,
+            )
+            shown[f"paired Δ {metric} (Holm p)"] = [
+                "" if base else f"{_signed(d)}{'*' if sig else ''} ({_number(p_holm, 3)})"
+                for base, d, sig, p_holm in paired
+            ]
     return shown
 
 
@@ -305,7 +345,10 @@ def markdown_report(
             f"its {1 - spec.significance_level:.0%} Welch interval; p: Welch's two-sided "
             "t-test (seeds of the configuration vs seeds of base; needs two seeds on each "
             "side), in brackets Holm-adjusted over the rows of that metric (and level); `*`: "
-            f"Holm-adjusted p < {spec.significance_level}.",
+            f"Holm-adjusted p < {spec.significance_level}. Paired Δ: the mean per-seed "
+            "difference from base over the seeds both have (a seed's cells share initial "
+            "weights, data order and evaluation noise), its one-sample t-test Holm-adjusted "
+            "the same way; `*` likewise.",
         ]
     compact = compact_trials(trials, spec).to_markdown(index=False)
     lines += ["", "### Trials", "", compact, ""]

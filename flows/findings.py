@@ -72,19 +72,24 @@ CLAIMS = (
 )  # fmt: skip
 
 
-def recipe_effect(row: pd.Series, metric: str) -> tuple[float, float, float]:
-    """The row's delta and interval as "recipe on − recipe off": negated for a `no_*` row."""
-    delta, low, high = (float(row[f"{metric}_{k}"]) for k in ("delta", "ci_low", "ci_high"))
+def recipe_effect(row: pd.Series, metric: str, test: str = "") -> tuple[float, float, float]:
+    """The row's delta and interval (`test` "paired_": the seed-matched ones) as "recipe on
+    − recipe off": negated for a `no_*` row."""
+    keys = ("delta", "ci_low", "ci_high")
+    delta, low, high = (float(row[f"{metric}_{test}{key}"]) for key in keys)
     if str(row["configuration"]).startswith("no_"):
         return -delta, -high, -low
     return delta, low, high
 
 
-def verdict(effect: float, significant: bool, expected: Expectation, maximize: bool) -> str:
+def verdict(effect: float, significant: bool | None, expected: Expectation, maximize: bool) -> str:
     """Reproduced / contradicted only on a Holm-significant difference; otherwise the
-    point estimate's direction, marked as not detected."""
+    point estimate's direction, marked as not detected. `significant` None: no test (fewer
+    than two seeds on a side)."""
     if math.isnan(effect):
         return "not measured"
+    if significant is None:
+        return "not tested (< 2 seeds)"
     improves = effect > 0 if maximize else effect < 0
     if expected == "same":
         return "differs (significant)" if significant else "consistent: no difference detected"
@@ -105,27 +110,41 @@ def claims_table(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
         for _, row in mine.iterrows():
             level = row.get("noise")
             reference = base if level is None else base[base["noise"] == level]
-            effect, low, high = recipe_effect(row, claim.metric)
-            maximize = spec.metrics[claim.metric].direction == "maximize"
-            significant = bool(row[f"{claim.metric}_significant"])
+            metric = claim.metric
+            effect, low, high = recipe_effect(row, metric)
+            paired, paired_low, paired_high = recipe_effect(row, metric, "paired_")
+            maximize = spec.metrics[metric].direction == "maximize"
             seeds = int(min(row["seeds"], reference["seeds"].min()))
-            spread = float(reference[f"{claim.metric}_std"].iloc[0])
+            spread = float(reference[f"{metric}_std"].iloc[0])
+            pairs = int(row[f"{metric}_paired_pairs"])
             rows.append(
                 {
                     "claim": claim.statement,
                     "source": claim.source,
                     "row": claim.configuration,
                     "noise": level,
-                    "metric": claim.metric,
+                    "metric": metric,
                     "paper": claim.paper_effect,
-                    "base": float(reference[f"{claim.metric}_mean"].iloc[0]),
+                    "base": float(reference[f"{metric}_mean"].iloc[0]),
                     "effect": effect,
                     "ci_low": low,
                     "ci_high": high,
-                    "p": float(row[f"{claim.metric}_p"]),
-                    "p_holm": float(row[f"{claim.metric}_p_holm"]),
-                    "mdd": _detectable(spread, seeds),
-                    "verdict": verdict(effect, significant, claim.expected, maximize),
+                    "p": float(row[f"{metric}_p"]),
+                    "p_holm": float(row[f"{metric}_p_holm"]),
+                    "mdd": _detectable(spread, seeds, paired=False),
+                    "verdict": verdict(
+                        effect, _significant(row, metric, "", spec), claim.expected, maximize
+                    ),
+                    "paired_effect": paired,
+                    "paired_ci_low": paired_low,
+                    "paired_ci_high": paired_high,
+                    "paired_p_holm": float(row[f"{metric}_paired_p_holm"]),
+                    "paired_mdd": _detectable(
+                        float(row[f"{metric}_paired_std"]), pairs, paired=True
+                    ),
+                    "paired_verdict": verdict(
+                        paired, _significant(row, metric, "paired_", spec), claim.expected, maximize
+                    ),
                 }
             )
     frame = pd.DataFrame(rows)
@@ -134,10 +153,15 @@ def claims_table(table: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
     return frame
 
 
-def _detectable(spread: float, seeds: int) -> float:
+def _significant(row: pd.Series, metric: str, test: str, spec: StudySpec) -> bool | None:
+    p_holm = float(row[f"{metric}_{test}p_holm"])
+    return None if math.isnan(p_holm) else p_holm < spec.significance_level
+
+
+def _detectable(spread: float, seeds: int, paired: bool) -> float:
     if seeds < 2 or not math.isfinite(spread) or spread <= 0:
         return math.nan
-    return minimum_detectable_difference(spread, seeds)
+    return minimum_detectable_difference(spread, seeds, paired=paired)
 
 
 def report_section(table: pd.DataFrame, spec: StudySpec) -> str:
@@ -148,11 +172,16 @@ def report_section(table: pd.DataFrame, spec: StudySpec) -> str:
     shown = claims.copy()
     if "noise" in shown:
         shown["noise"] = [level_label(level) for level in shown["noise"]]
-    bounds = zip(shown["ci_low"], shown["ci_high"], strict=True)
-    shown[f"{1 - spec.significance_level:.0%} CI"] = [
-        f"[{low:+.3g}, {high:+.3g}]" for low, high in bounds
-    ]
-    shown = shown.drop(columns=["ci_low", "ci_high"])
+    level = f"{1 - spec.significance_level:.0%}"
+    for test in ("", "paired_"):
+        bounds = zip(shown[f"{test}ci_low"], shown[f"{test}ci_high"], strict=True)
+        shown[f"{test}ci_low"] = [f"[{low:+.3g}, {high:+.3g}]" for low, high in bounds]
+    shown = shown.drop(columns=["ci_high", "paired_ci_high"])
+    shown = shown.rename(columns={"ci_low": f"{level} CI", "paired_ci_low": f"paired {level} CI"})
+    order = ["claim", "source", "row", "noise", "metric", "paper", "base", "effect", f"{level} CI"]
+    order += ["p", "p_holm", "mdd", "verdict", "paired_effect", f"paired {level} CI"]
+    order += ["paired_p_holm", "paired_mdd", "paired_verdict"]
+    shown = shown[[column for column in order if column in shown]]
     return "\n".join(
         [
             "### The papers' claims against this table",
@@ -164,7 +193,8 @@ def report_section(table: pd.DataFrame, spec: StudySpec) -> str:
             "level; mdd: the smallest true difference these seeds detect with 80 % power "
             "(base's std). `reproduced`/`contradicted` need p_holm < "
             f"{spec.significance_level}; otherwise the point estimate's direction is shown as "
-            "not detected.",
+            "not detected. paired_*: the same from the seed-matched differences (mdd from "
+            "their std, n − 1 degrees of freedom).",
             "",
         ]
     )

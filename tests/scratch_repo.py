@@ -38,6 +38,14 @@ def tiny_params(shipped: dict) -> dict:
         "curate": {**shipped["curate"], "segment_seconds": 4.0, **HEALTH_GATES_OFF},
     }
     raw = merge(raw, TINY_TRAINING)
+    # params.yaml's trial budget (ablation.trial_overrides) is the embedded corpus's: scratch
+    # trials keep the tiny steps, and the rest of the shipped overrides (the trial profile)
+    steps = {
+        "train.optim.steps": raw["train"]["optim"]["steps"],
+        "finetune.optim.steps": raw["finetune"]["optim"]["steps"],
+    }
+    trial = {**raw["ablation"]["trial_overrides"], **steps}
+    raw = {**raw, "ablation": {**raw["ablation"], "trial_overrides": trial}}
     return merge(raw, {"evaluate": {"fad_infinity": False}})  # FAD-inf needs >= 3 clips
 
 

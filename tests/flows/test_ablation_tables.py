@@ -83,6 +83,29 @@ def test_table_one_means_deltas_and_welch_test(table_study) -> None:
     assert np.isnan(rows.loc["muq_repa", "clap_score_p"])  # no seeds: no test
 
 
+def test_table_one_pairs_each_row_with_base_seed_by_seed(table_study) -> None:
+    """A seed's cells share initial weights, data order and evaluation noise: the paired
+    test sees a shift that the seed-to-seed spread hides from Welch's."""
+    study, spec = table_study
+    trials = ablation_tables.trials_table(study, spec)
+    table = ablation_tables.table_one(trials, spec, ["clap_repa_normal", "beta_0.2", "muq_repa"])
+    rows = table.set_index("configuration")
+    differences = np.array(CELLS["beta_0.2"]) - np.array(CELLS["base"])
+    test = stats.ttest_1samp(differences, 0.0)
+    assert rows.loc["beta_0.2", "clap_score_paired_delta"] == pytest.approx(differences.mean())
+    assert rows.loc["beta_0.2", "clap_score_paired_p"] == pytest.approx(test.pvalue)
+    assert rows.loc["beta_0.2", "clap_score_paired_std"] == pytest.approx(differences.std(ddof=1))
+    interval = test.confidence_interval(0.95)
+    assert rows.loc["beta_0.2", "clap_score_paired_ci_low"] == pytest.approx(interval.low)
+    assert rows.loc["beta_0.2", "clap_score_paired_pairs"] == 3
+    # REPA's cells sit 0.03 above base's at every seed: no spread of differences, p = 0
+    assert rows.loc["clap_repa_normal", "clap_score_paired_delta"] == pytest.approx(0.03)
+    assert rows.loc["clap_repa_normal", "clap_score_paired_significant"]
+    assert not rows.loc["beta_0.2", "clap_score_paired_significant"]
+    assert np.isnan(rows.loc["muq_repa", "clap_score_paired_p"])  # no complete seed
+    assert rows.loc["muq_repa", "clap_score_paired_pairs"] == 0
+
+
 def test_reports_render_both_tables(table_study) -> None:
     study, spec = table_study
     trials = ablation_tables.trials_table(study, spec)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from optuna.trial import TrialState
 
 from flows import ablation_figures, ablation_report, ablation_tables, findings, mlflow_runs, studies
+from flows.power import minimum_detectable_difference
 from tasks.params import Params
 from tasks.train import pruning
 
@@ -48,6 +50,7 @@ def test_verdicts_need_a_holm_significant_difference() -> None:
     assert findings.verdict(0.0, False, "same", True) == "consistent: no difference detected"
     assert findings.verdict(0.05, True, "same", True) == "differs (significant)"
     assert findings.verdict(math.nan, False, "better", True) == "not measured"
+    assert findings.verdict(0.02, None, "better", True) == "not tested (< 2 seeds)"
 
 
 def test_claims_read_leave_one_out_rows_as_the_recipe_s_effect(table) -> None:
@@ -69,6 +72,16 @@ def test_claims_read_leave_one_out_rows_as_the_recipe_s_effect(table) -> None:
     assert by_row[("muq_repa", "clap_score")]["verdict"] == "contradicted"
     assert by_row[("beta_0.2", "clap_score")]["verdict"] == "consistent: no difference detected"
     assert by_row[("beta_0.2", "clap_score")]["mdd"] > 0
+    # seed by seed: REPA is 0.03 above base at every seed; beta's differences straddle 0
+    assert repa["paired_effect"] == pytest.approx(0.03) and repa["paired_verdict"] == "reproduced"
+    assert off["paired_effect"] == pytest.approx(0.03) and off["paired_verdict"] == "reproduced"
+    beta = by_row[("beta_0.2", "clap_score")]
+    assert beta["paired_verdict"] == "consistent: no difference detected"
+    assert beta["paired_mdd"] == pytest.approx(  # from the std of its seed differences
+        minimum_detectable_difference(
+            float(np.std([-0.002, 0.007, -0.004], ddof=1)), 3, paired=True
+        )
+    )
     # rows the table doesn't have, and metrics it doesn't measure, are left out
     assert ("beta_1.0", "clap_score") not in by_row
     assert not (claims["metric"] == "val_flow_matching").any()

@@ -71,6 +71,9 @@ def test_table_deployment_runs_base_and_one_switch_over_two_seeds(stack):
     report = (stack.root / "reports" / "ablations" / "t1.md").read_text()
     assert "Table I protocol" in report
     assert re.search(rf"^\| {ROW} +\| +2 \| +0 \|", report, re.MULTILINE), report
+    # the row tests paper 000 §II-B's claim; the differences from base as a figure beside it
+    assert re.search(rf"^\| Fine-tuning on concise .*\| {ROW} +\|", report, re.MULTILINE), report
+    assert (stack.root / "reports" / "ablations" / "t1_deltas.png").stat().st_size > 0
 
 
 def test_pipeline_deployment_reproduces_only_what_changed(stack):
