@@ -1,6 +1,6 @@
-"""An ablation table as a figure: each row's difference from base with its Welch interval,
-one panel per metric and a colour per noise level, filled where Holm's p < α; so a reader
-sees at once which intervals leave zero and how wide they are."""
+"""An ablation table as a figure: each row's difference from base with its Welch interval
+and its seed-paired one, one panel per metric and a colour per noise level, filled where
+Holm's p < α; so a reader sees at once which intervals leave zero and how wide they are."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def deltas_figure(table: pd.DataFrame, spec: StudySpec) -> Figure | None:
     if len(levels) > 1:
         axes[0][-1].legend(title="noise", fontsize=7, title_fontsize=7, loc="best")
     figure.suptitle(
-        f"Δ vs base, {1 - spec.significance_level:.0%} Welch CI; filled: Holm p < "
-        f"{spec.significance_level}",
+        f"Δ vs base with {1 - spec.significance_level:.0%} CI: ○ Welch, □ paired by seed; "
+        f"filled: Holm p < {spec.significance_level}",
         fontsize=9,
     )
     figure.tight_layout()
@@ -49,16 +49,19 @@ def deltas_figure(table: pd.DataFrame, spec: StudySpec) -> Figure | None:
 
 
 def _panel(axis, rows: pd.DataFrame, metric: str, names, offset, colour, level) -> None:
-    y = np.asarray([names.index(name) for name in rows["configuration"]], float) + offset
-    delta = rows[f"{metric}_delta"].to_numpy(float)
-    below = np.nan_to_num(delta - rows[f"{metric}_ci_low"].to_numpy(float))
-    above = np.nan_to_num(rows[f"{metric}_ci_high"].to_numpy(float) - delta)
-    significant = rows[f"{metric}_significant"].fillna(False).to_numpy(bool)
-    axis.errorbar(
-        delta, y, xerr=[below, above], fmt="o", color=colour, mfc="white", ms=4,
-        capsize=2, linewidth=1, label=level,
-    )  # fmt: skip
-    axis.plot(delta[significant], y[significant], "o", color=colour, ms=4)
+    """Welch's interval (circles), then the seed-paired one just below it (squares)."""
+    for test, marker, shift in (("", "o", 0.0), ("paired_", "s", 0.18)):
+        y = np.asarray([names.index(name) for name in rows["configuration"]], float)
+        y += offset + shift
+        delta = rows[f"{metric}_{test}delta"].to_numpy(float)
+        below = np.nan_to_num(delta - rows[f"{metric}_{test}ci_low"].to_numpy(float))
+        above = np.nan_to_num(rows[f"{metric}_{test}ci_high"].to_numpy(float) - delta)
+        significant = rows[f"{metric}_{test}significant"].fillna(False).to_numpy(bool)
+        axis.errorbar(
+            delta, y, xerr=[below, above], fmt=marker, color=colour, mfc="white", ms=4,
+            capsize=2, linewidth=1, label=None if test else level,
+        )  # fmt: skip
+        axis.plot(delta[significant], y[significant], marker, color=colour, ms=4)
 
 
 def _colours(count: int) -> list:
