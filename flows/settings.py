@@ -4,7 +4,10 @@ environment (MLFLOW_TRACKING_URI) and by flow parameters."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
+
+from ruamel.yaml import YAML
 
 from flows.dvc_runs import absolute_tracking_uri
 from flows.studies import default_storage
@@ -27,6 +30,16 @@ def repository(root: str | None) -> Path:
 
 def params(repo: Path) -> Params:
     return load_params(repo / "params.yaml")
+
+
+def committed_params(repo: Path) -> Params:
+    """params.yaml as HEAD has it: what a trial reads while other trials run, because
+    `dvc exp run --temp -S` writes its overrides into the workspace's params.yaml for a
+    moment (its stash), where a concurrent read can find it half-written."""
+    text = subprocess.run(
+        ["git", "show", "HEAD:params.yaml"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
+    return Params.from_mapping(YAML(typ="safe", pure=True).load(text))
 
 
 def tracking(repo: Path) -> tuple[str, str]:

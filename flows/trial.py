@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
 from flows import dvc_runs, mlflow_runs, studies
-from flows.settings import params, repository, tracking
+from flows.settings import committed_params, repository, tracking
 from tasks.common.score_cache import SHARED_CACHE_ENV
 from tasks.common.tracking import PARENT_RUN_ENV, RUN_TAGS_ENV
 from tasks.params import ParamsError
@@ -145,7 +145,9 @@ def execute(trial: TrialRun) -> ExperimentOutcome:
         ),
         **pruning.trial_environment(trial.storage, trial.study.study_name, trial.claimed.number),
         # the repository's score cache, not an empty one in the experiment's --temp copy
-        SHARED_CACHE_ENV: str((trial.repo / params(trial.repo).curate.cache_dir).resolve()),
+        SHARED_CACHE_ENV: str(
+            (trial.repo / committed_params(trial.repo).curate.cache_dir).resolve()
+        ),
     }
     result, metrics = run_experiment(
         trial.repo,
