@@ -139,15 +139,32 @@ def stage_packages(repo: Path) -> list[str]:
     return list(dict.fromkeys(match.group(1) for match in found if match))
 
 
+# What the stages import only on first use, after their `stage` module: ~4-5 s of imports
+# per stage process on 2 cores, paid again by every stage of every trial unless the warm
+# server holds them. Measured with `python -X importtime -m tasks.<stage>` against
+# `python -X importtime -c "import tasks.<stage>.stage"` (the modules of more than 0.1 s).
+LAZY_IMPORTS = (
+    "mlflow.store.tracking.sqlalchemy_store",  # every stage's MLflow run (sqlite store)
+    "torch._dynamo",  # the optimizer's and transformers' first calls
+    "transformers.modeling_utils",  # the text encoder, CLAP's and the rewriter's loaders
+    "transformers.models.bert.modeling_bert",  # all-MiniLM-L6-v2, the embedded text encoder
+    "librosa.core.audio",  # resampling, loading: the mel codec, ingest, evaluation
+    "librosa.feature.spectral",  # evaluate's music analysis
+)
+
+
 def start_warm_server(
     socket_path: Path, env: dict[str, str], log_path: Path, repo: Path
 ) -> subprocess.Popen:
     """A warm-start server for every stage's command, its stage code imported up front from
-    `repo` (it serves only commands whose working directory holds the same code)."""
+    `repo` (it serves only commands whose working directory holds the same code), with the
+    libraries the stages import lazily (LAZY_IMPORTS)."""
     command = [sys.executable, "-m", "tasks.common.warm_start", "--socket", str(socket_path)]
     command += ["--parent", str(os.getpid())]  # a serve killed outright takes it down too
     for module in stage_packages(repo):
         command += ["--module", module, "--preload", f"{module}.stage"]
+    for module in LAZY_IMPORTS:
+        command += ["--preload", module]
     with log_path.open("a") as log:
         return subprocess.Popen(command, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
 
