@@ -13,14 +13,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # optuna's matplotlib plots use pyplot: no display here
-
 import mlflow
 import optuna
 import pandas as pd
-from matplotlib import pyplot
 from mlflow.entities import RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -141,9 +136,21 @@ def mark_stopped_stage_runs(
 
 
 # --------------------------------------------------------------------------- the report
+def _headless_pyplot() -> Any:
+    """pyplot on the Agg backend (optuna's matplotlib plots use pyplot; no display here),
+    imported on first use: a trial's flow run, which draws nothing, starts ~0.4 s sooner."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot
+
+
 def optuna_figures(study: optuna.Study) -> dict[str, Any]:
     """Optuna's optimisation history, parameter importances and parallel coordinates, each
     where the study has what it needs (importances: two complete trials that differ)."""
+    _headless_pyplot()
     plots = optuna.visualization.matplotlib
     makers: dict[str, Callable[[optuna.Study], Any]] = {
         "optimization_history": plots.plot_optimization_history,
@@ -186,4 +193,4 @@ def log_report(
         client.log_artifact(parent_run_id, str(path), artifact_path="ablations")
     for name, figure in figures.items():
         client.log_figure(parent_run_id, figure, f"ablations/{name}.png")
-        pyplot.close(figure)
+        _headless_pyplot().close(figure)
