@@ -9,15 +9,21 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
 
+from flows.serve import start_warm_server, stop_all
+from tasks.common import warm_start
 from tasks.params import merge, read_yaml
 from tests.conftest import HEALTH_GATES_OFF, REPO, TINY_DATA, TINY_SCORERS, TINY_TRAINING
 
 COPIED_FILES = ("dvc.yaml", ".gitignore", "prefect.toml")
 COPIED_PACKAGES = ("tasks", "models", "flows", "inbox")  # inbox/: the corpus stage's deps
+WARM_SERVER_START_SECONDS = 180.0
 
 
 def tiny_params(shipped: dict) -> dict:
@@ -84,11 +90,33 @@ def create(root: Path, raw_params: dict) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def warm_stages(root: Path, env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """`env` with the stage commands served by a warm-start server on `root`'s code, as a
+    trial worker serves them (flows.serve): a tiny DAG's `dvc repro` skips the ~4-8 s of
+    imports of each stage. What the stages compute is the same (tests/test_warm_start.py);
+    a command the server refuses, or sent before it listens, starts cold."""
+    folder = Path(tempfile.mkdtemp(prefix="warm-"))  # short: a socket's path is < 108 bytes
+    socket_path = folder / "stages.sock"
+    server = start_warm_server(socket_path, env, folder / "server.log", root)
+    try:
+        deadline = time.monotonic() + WARM_SERVER_START_SECONDS
+        while not socket_path.exists() and server.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        yield {**env, warm_start.ENV: str(socket_path)}
+    finally:
+        stop_all([server])
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def reproduce(root: Path) -> tuple[dict[str, str], str]:
     """A scratch repo on the tiny params after `dvc repro`, all of it committed: the state
     `dvc exp run` starts from. Returns its environment and what `dvc repro` printed."""
     env = create(root, tiny_params(read_yaml(REPO / "params.yaml")))
-    output = run([sys.executable, "-m", "dvc", "repro"], root, env)
+    with warm_stages(root, env) as warm:
+        output = run([sys.executable, "-m", "dvc", "repro"], root, warm)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-q", "-m", "tiny DAG reproduced"], root, env)
     return env, output

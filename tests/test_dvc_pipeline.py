@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def scratch_repo(tmp_path: Path, scratch_dag: tuple[Path, str]) -> tuple[Path, dict, str]:
+def scratch_repo(tmp_path: Path, scratch_dag: tuple[Path, str]) -> Iterator[tuple[Path, dict, str]]:
     """A copy of the scratch repo (tests/scratch_repo.py) whose first `dvc repro` ran once
-    per test run (conftest.scratch_dag), and what that repro printed."""
+    per test run (conftest.scratch_dag), and what that repro printed; its stages start warm."""
     source, first_repro = scratch_dag
-    return tmp_path, scratch_repo_.copy(source, tmp_path), first_repro
+    with scratch_repo_.warm_stages(tmp_path, scratch_repo_.copy(source, tmp_path)) as env:
+        yield tmp_path, env, first_repro
 
 
 def test_repro_runs_the_dag_then_is_a_no_op(scratch_repo):

@@ -141,7 +141,8 @@ def dag(tmp_path_factory) -> tuple[Path, dict, str]:
     root = tmp_path_factory.mktemp("ingested-dag")
     env = scratch_repo.create(root, ingested_params())
     write_dataset(root / "inbox")
-    output = run([sys.executable, "-m", "dvc", "repro"], root, env)
+    with scratch_repo.warm_stages(root, env) as warm:
+        output = run([sys.executable, "-m", "dvc", "repro"], root, warm)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-q", "-m", "foreign dataset reproduced"], root, env)
     return root, env, output
