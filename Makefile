@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 # dvc runs stage commands through the shell: put the venv first on PATH so `python` is ours.
 RUN := PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1
 
-.PHONY: setup lock system-packages run test test-fast lint bench gpu-check listening-check serve worker mlflow-ui optuna-ui clean
+.PHONY: setup lock system-packages run test test-fast lint bench gpu-check listening-check serve worker lab lab-worker mlflow-ui optuna-ui clean
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -95,8 +95,21 @@ serve: setup
 ## worker: one more trial worker on the pool (GPU=i pins it to one GPU)
 GPU ?=
 worker: setup
-	$(RUN) $(if $(GPU),CUDA_VISIBLE_DEVICES=$(GPU)) $(BIN)/prefect worker start \
+	$(RUN) TTM_REPOSITORY=$(CURDIR) $(if $(GPU),CUDA_VISIBLE_DEVICES=$(GPU)) $(BIN)/prefect worker start \
 		--pool ttm-trials --limit 1 $(if $(GPU),--name gpu-$(GPU))
+
+## lab: a lab's head node (flows/lab.py): PostgreSQL (Optuna, MLflow, Prefect), the MLflow
+## server with its artifacts, the Prefect server, the deployments; LAB_BIND=0.0.0.0 for a lab network
+LAB_BIND ?= 127.0.0.1
+lab: setup
+	$(RUN) $(BIN)/python -m flows.lab head --bind $(LAB_BIND)
+
+## lab-worker: a lab's worker host, from its clone: dvc pull, then a worker per GPU
+# HEAD=head-node-name GPUS=0,1,2,3 (or WORKERS=N on CPUs); copy the head's .lab/pgpass first
+HEAD ?= 127.0.0.1
+lab-worker: setup
+	$(RUN) $(BIN)/python -m flows.lab worker --head $(HEAD) --workers $(WORKERS) \
+		$(if $(GPUS),--gpus $(GPUS))
 
 ## mlflow-ui: browse runs and ablation tables on http://127.0.0.1:5000
 # --app-name: MLflow's server as is, its page opening a first visit in model-training mode

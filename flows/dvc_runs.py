@@ -238,6 +238,24 @@ def run_dvc(
     return DvcResult(name, returncode, seconds, ran, stages[-1] if stages else None, tail)
 
 
+def push_experiment(root: Path, remote: str, name: str, timeout_seconds: float = 1800) -> str:
+    """`dvc exp push REMOTE NAME`: the experiment's git ref to the git remote `remote` and its
+    outputs to the DVC remote, so that any clone can `dvc exp pull` and `dvc exp apply` it.
+    Returns "" when pushed, else the reason (DVC's last line)."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    command = [sys.executable, "-m", "dvc", "exp", "push", remote, name]
+    try:
+        done = subprocess.run(
+            command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout_seconds
+        )
+    except subprocess.TimeoutExpired:
+        return f"dvc exp push timed out after {timeout_seconds:.0f} s"
+    if done.returncode == 0:
+        return ""
+    lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+    return lines[-1] if lines else f"dvc exp push exited with {done.returncode}"
+
+
 def read_metrics(root: Path, name: str, metrics: Mapping[str, MetricSpec]) -> dict[str, float]:
     """The experiment's figures, read from its git ref through DVC (`dvc metrics show`)."""
     files = sorted({spec.file for spec in metrics.values()})

@@ -118,9 +118,11 @@ def _run_in_process(count: int, study_name: str, storage: str, root: str) -> Non
         ablation_trial(study_name, storage, root, return_state=True)  # a failed trial goes on
 
 
-def _run_on_pool(count: int, deployment: str, study_name: str, storage: str, root: str) -> None:
+def _run_on_pool(count: int, deployment: str, study_name: str, storage: str) -> None:
     """Create `count` trial flow runs at once; workers start them as they free up (each
-    claims its trial then), so adding workers adds throughput. Waits for all to end, with a
+    claims its trial then), so adding workers adds throughput. A trial runs in its worker's
+    own clone (the deployment's pull step, flows.settings.enter_worker_clone), which on a
+    lab's worker host is not this one's path. Waits for all to end, with a
     line per trial as it starts and ends (the flow run's logs, which `prefect deployment run
     --watch` streams) and a progress artifact in the Prefect UI."""
     logger = get_run_logger()
@@ -131,7 +133,7 @@ def _run_on_pool(count: int, deployment: str, study_name: str, storage: str, roo
             FlowRun,
             run_deployment(
                 deployment,
-                parameters={"study_name": study_name, "storage": storage, "root": root},
+                parameters={"study_name": study_name, "storage": storage},
                 timeout=0,
                 idempotency_key=f"{parent}-{index}",  # a retried sweep does not launch twice
                 flow_run_name=f"{study_name}-trial-{index}",
@@ -194,7 +196,7 @@ def run_trials(
     if deployment is None:
         _run_in_process(count, study_name, storage, root)
     else:
-        _run_on_pool(count, deployment, study_name, storage, root)
+        _run_on_pool(count, deployment, study_name, storage)
 
 
 def ended_flow_runs(study: optuna.Study) -> dict[str, str]:

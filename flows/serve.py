@@ -4,8 +4,8 @@
 2. the process work pool `ttm-trials` and the deployment `ablation-trial/pool` on it: every
    trial of a sweep or table is a flow run there, run by whichever worker is free;
 3. `--workers N` local workers of that pool (one trial each), or one per GPU with `--gpus
-   0,1,...` (CUDA_VISIBLE_DEVICES=i each); workers on other machines join with
-   `prefect worker start --pool ttm-trials --limit 1`;
+   0,1,...` (CUDA_VISIBLE_DEVICES=i each), each with $TTM_REPOSITORY, the clone its trials
+   run in; workers on other machines join with `make lab-worker` (flows/lab.py);
 4. the served deployments `pipeline/local`, `ablation-sweep/local`, `ablation-table/local`.
 
 Ctrl-C stops the served flows, the workers and the server it started.
@@ -32,12 +32,13 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import ObjectAlreadyExists
+from prefect.runner.storage import LocalStorage
 from prefect.settings import PREFECT_API_URL
 from prefect.workers.process import ProcessWorker
 
 from flows.local_servers import answers, wait_until_answering
 from flows.pipeline import pipeline
-from flows.settings import WORK_POOL, repository
+from flows.settings import REPOSITORY_ENV, WORK_POOL, repository
 from flows.sweep import ablation_sweep
 from flows.table import ablation_table
 from flows.trial import ablation_trial
@@ -88,20 +89,30 @@ def deploy_trial(repo: Path) -> None:
     # outside an event loop, as here, it returns the flow.
     flow = cast(
         Flow[..., Any],
-        ablation_trial.from_source(source=str(repo), entrypoint="flows/trial.py:ablation_trial"),
+        ablation_trial.from_source(
+            source=WorkerClone(str(repo)), entrypoint="flows/trial.py:ablation_trial"
+        ),
     )
     flow.deploy(
-        name="pool",
-        work_pool_name=WORK_POOL,
-        build=False,
-        push=False,
-        parameters={"root": str(repo)},
-        print_next_steps=False,
+        name="pool", work_pool_name=WORK_POOL, build=False, push=False, print_next_steps=False
     )
+
+
+class WorkerClone(LocalStorage):
+    """The trial flow's code where each worker has it: `repo` here, at deployment, and in a
+    trial's flow run the worker's own clone (the pull step enters $TTM_REPOSITORY)."""
+
+    def to_pull_step(self) -> dict[str, Any]:
+        return {"flows.settings.enter_worker_clone": {}}
 
 
 def start_workers(
-    count: int, gpus: Sequence[str], log_dir: Path, repo: Path, warm: Path | None = None
+    count: int,
+    gpus: Sequence[str],
+    log_dir: Path,
+    repo: Path,
+    warm: Path | None = None,
+    host: str = "",
 ) -> list[subprocess.Popen]:
     """`count` CPU workers, or one per GPU id in `gpus`; each runs one trial at a time.
 
@@ -109,7 +120,8 @@ def start_workers(
     with a thread per core each would oversubscribe the CPU, and OpenMP's spin-waiting then
     slows all of them several-fold. With `warm` (a private directory for the sockets), each
     worker gets a warm-start server of its own, with the worker's environment, and its
-    trials' stage commands start in forks of it (tasks/common/warm_start.py)."""
+    trials' stage commands start in forks of it (tasks/common/warm_start.py). `host` prefixes
+    the workers' names: a lab's hosts each have a gpu-0."""
     slots = [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in gpus] or [{} for _ in range(count)]
     threads = str(max(1, (os.cpu_count() or 1) // max(1, len(slots))))
     slots = [
@@ -120,7 +132,8 @@ def start_workers(
     for index, extra in enumerate(slots):
         gpu = extra.get("CUDA_VISIBLE_DEVICES")
         name = f"gpu-{gpu}" if gpu is not None else f"local-{index}"
-        env = {**os.environ, **extra}
+        name = f"{host}-{name}" if host else name
+        env = {**os.environ, REPOSITORY_ENV: str(repo), **extra}
         if warm is not None:
             socket_path = warm / f"{name}.sock"
             log_path = log_dir / f"warm-{name}.log"

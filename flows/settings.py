@@ -17,6 +17,11 @@ from tasks.params import Params, load_params
 # Where `make serve` registers the pool deployment and where workers poll for trials.
 WORK_POOL = "ttm-trials"
 TRIAL_DEPLOYMENT = "ablation-trial/pool"
+# A trial worker's environment: the clone its trials run in (`make serve`, `make worker` and
+# `make lab-worker` set it), and the git remote that each finished trial's DVC experiment is
+# pushed to (a lab's worker hosts: `make lab-worker`), unset to keep experiments local.
+REPOSITORY_ENV = "TTM_REPOSITORY"
+PUSH_ENV = "TTM_PUSH_EXPERIMENTS"
 
 
 def repository(root: str | None) -> Path:
@@ -26,6 +31,20 @@ def repository(root: str | None) -> Path:
     if not (path / "dvc.yaml").exists():
         raise ValueError(f"{path} is not the project's repository (no dvc.yaml); pass root=")
     return path
+
+
+def enter_worker_clone() -> dict[str, str]:
+    """The trial deployment's pull step, which Prefect runs in each trial's flow-run process
+    before it loads the flow: enter the worker's own clone, $TTM_REPOSITORY. On a lab's
+    worker host that is not the path of the clone that registered the deployment."""
+    directory = os.environ.get(REPOSITORY_ENV)
+    if not directory:
+        raise RuntimeError(
+            f"${REPOSITORY_ENV} is not set: start trial workers with `make serve`, `make "
+            "worker` or `make lab-worker`, which set it to their clone of the repository"
+        )
+    os.chdir(directory)
+    return {"directory": str(Path(directory).resolve())}
 
 
 def params(repo: Path) -> Params:

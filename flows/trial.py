@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
 from flows import dvc_runs, mlflow_runs, studies
-from flows.settings import committed_params, repository, tracking
+from flows.settings import PUSH_ENV, committed_params, repository, tracking
 from tasks.common.score_cache import SHARED_CACHE_ENV
 from tasks.common.tracking import PARENT_RUN_ENV, RUN_TAGS_ENV
 from tasks.params import ParamsError
@@ -34,11 +34,14 @@ class TrialFailed(RuntimeError):
 
 
 @task
-def claim(storage: str, study_name: str) -> tuple[studies.ClaimedTrial, studies.StudySpec]:
+def claim(
+    repo: Path, storage: str, study_name: str
+) -> tuple[studies.ClaimedTrial, studies.StudySpec]:
     study, spec = studies.load_study(storage, study_name)
     where = {
         "prefect_flow_run_id": str(flow_run.get_id()),
         "host": socket.gethostname(),
+        "clone": str(repo),  # a lab's hosts each run trials in a clone of their own
         # the worker's GPU (one worker per GPU): which device this trial trained on
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
     }
@@ -88,7 +91,7 @@ class TrialRun:
 
 
 def open_trial(repo: Path, storage: str, study_name: str) -> TrialRun:
-    claimed, spec = claim(storage, study_name)
+    claimed, spec = claim(repo, storage, study_name)
     study, _ = studies.load_study(storage, study_name)
     name = f"{study_name}-{claimed.label}"
     uri, experiment = tracking(repo)
@@ -160,6 +163,21 @@ def execute(trial: TrialRun) -> ExperimentOutcome:
     return ExperimentOutcome(result.succeeded, metrics, result.failure_reason(), result.seconds)
 
 
+def shared_experiment(trial: TrialRun) -> dict[str, str]:
+    """The finished trial's DVC experiment by name, pushed to the git remote $TTM_PUSH_EXPERIMENTS
+    names (with its outputs, to the DVC remote) where the worker sets one: a lab's worker
+    host, whose clone nobody else reads. A failed push keeps the trial and says why."""
+    kept = {"dvc_experiment": trial.name}
+    remote = os.environ.get(PUSH_ENV)
+    if not remote:
+        return kept
+    error = dvc_runs.push_experiment(trial.repo, remote, trial.name)
+    if error:
+        get_run_logger().warning("dvc exp push %s %s failed: %s", remote, trial.name, error)
+        return {**kept, "dvc_push_error": error}
+    return {**kept, "dvc_experiment_pushed_to": remote}
+
+
 def close(trial: TrialRun, outcome: ExperimentOutcome, seconds: float, opening: float):
     """Record the outcome, the time split and the reason on the trial and its MLflow run.
     `seconds` is the trial's wall time so far, `opening` the part before its experiment."""
@@ -182,12 +200,14 @@ def close(trial: TrialRun, outcome: ExperimentOutcome, seconds: float, opening: 
     timings["closing_seconds"] = seconds - opening - outcome.seconds
     # `dvc exp run --temp` keeps only an experiment that finished: a name to look up only then
     # (a trial whose flow run died never gets here, so it has none either).
-    kept = {"dvc_experiment": trial.name} if outcome.succeeded else {}
+    kept = shared_experiment(trial) if outcome.succeeded else {}
     studies.record_attributes(trial.study, number, {**timings, **kept})
     studies.close_trial(trial.study, number, state, value, metrics, reason)
     tags = {"fail_reason": reason} if reason else {}
     if outcome.succeeded:
         tags["dvc.experiment"] = trial.name
+        if kept.get("dvc_push_error"):
+            tags["dvc.push_error"] = str(kept["dvc_push_error"])
     if pruned is not None:
         tags["pruned_at_step"] = str(pruned)
     mlflow_runs.finish_trial_run(

@@ -60,8 +60,9 @@ XDIST_GROUPS = {
     "tests/flows/test_table_e2e.py": "table-e2e",
     "tests/ingested/test_ingested_dag.py": "ingested-dag",
     "tests/ingested/test_ingested_stages.py": "ingested-stages",
+    "tests/lab/test_lab_simulation.py": "lab",
 }
-SCRATCH_DAG_GROUPS = {"sweep-e2e", "table-e2e"}
+SCRATCH_DAG_GROUPS = {"sweep-e2e", "table-e2e", "lab"}
 SCRATCH_DAG = "scratch-dag"
 
 
