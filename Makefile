@@ -71,6 +71,7 @@ bench: setup
 	$(RUN) $(BIN)/python -m benchmarks.dataloader_throughput
 	$(RUN) $(BIN)/python -m benchmarks.training_throughput
 	$(RUN) $(BIN)/python -m benchmarks.sweep_overhead
+	$(RUN) $(BIN)/python -m benchmarks.lab_scaling
 
 ## gpu-check: here, before the GPU check runs on a GPU machine (README "GPU check"): the
 ## wheels the GPU image lacks into .gpu-wheels/, then every part on the CPU at toy sizes

@@ -1,166 +1,36 @@
-"""A lab simulated on one machine (flows/lab.py): a bare "origin" repository, a DVC remote in
-a directory (as on a shared file system: the remote every lab host mounts, and the one DVC
-setting that needs no server), the head node (`python -m flows.lab head`: PostgreSQL, the
-MLflow server, the Prefect server, the deployments) on the user's clone, and two worker
-hosts that are clones of origin in their own directories, with their own DVC caches and
-their own HOMEs. A 4-trial sweep runs across both hosts; Optuna, MLflow (through its
-server) and Prefect agree on every trial, and the user's clone gets every experiment back
-from origin. A host whose clone is behind the study's DAG refuses its trials."""
+"""The lab simulated on one machine (tests/lab_stack.py, flows/lab.py): a 4-trial sweep runs
+across two worker hosts; Optuna, MLflow (through its server) and Prefect agree on every
+trial, and the user's clone gets every experiment back from origin. A host whose clone is
+behind the study's DAG refuses its trials."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 
-from flows.local_servers import free_port
-from tests import scratch_repo
+from tests import lab_stack
+from tests.lab_stack import Lab, clone_of_origin, host_env, study, worker_host
 from tests.prefect_stack import EXPERIMENT, PRETRAIN_STEPS
 from tests.scratch_repo import run
 
 pytestmark = pytest.mark.slow
 
-HEAD_START_SECONDS = 300.0
 HOSTS = ("host-a", "host-b")
 
 
-@dataclass(frozen=True)
-class Lab:
-    root: Path  # the folder holding origin, the remote, the clones and the HOMEs
-    user: Path  # the user's clone, where the head node runs
-    ports: dict[str, int]
-    env: dict[str, str]  # a client of the lab: Prefect, MLflow and PostgreSQL on the head
-
-    def arguments(self) -> list[str]:
-        return [f"--{name}={port}" for name, port in self.ports.items()]
-
-    def prefect(self, *arguments: str, timeout: float = 900) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "prefect", *arguments],
-            cwd=self.user,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-
-def host_env(lab_root: Path, name: str, base: dict[str, str]) -> dict[str, str]:
-    """A host of its own: HOME (user-level git, DVC and Prefect config) and one core."""
-    home = lab_root / f"home-{name}"
-    home.mkdir(exist_ok=True)
-    return {
-        **base,
-        "HOME": str(home),
-        "PREFECT_HOME": str(home / ".prefect"),
-        "OMP_NUM_THREADS": "1",
-    }
-
-
-def _clone(lab_root: Path, name: str, env: dict[str, str]) -> Path:
-    clone = lab_root / name
-    run(["git", "clone", "-q", str(lab_root / "origin.git"), str(clone)], lab_root, env)
-    return clone
-
-
-def _wait_for_line(log: Path, text: str, process: subprocess.Popen, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while text not in (log.read_text() if log.exists() else ""):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"no {text!r} in {log}:\n{log.read_text()}")
-        time.sleep(1.0)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@contextlib.contextmanager
-def started(
-    command: list[str], cwd: Path, env: dict[str, str], log: Path
-) -> Iterator[subprocess.Popen]:
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT
-        )
-    try:
-        yield process
-    finally:
-        _stop(process)
-
-
 @pytest.fixture(scope="module")
-def lab(request, tmp_path_factory, scratch_dag) -> Iterator[Lab]:
-    root = tmp_path_factory.mktemp("lab")
-    user = root / "user"
-    user.mkdir()
-    env = host_env(root, "user", scratch_repo.copy(scratch_dag[0], user))
-    remote = root / "dvc-remote"
-    run([sys.executable, "-m", "dvc", "remote", "add", "-d", "lab", str(remote)], user, env)
-    run(["git", "commit", "-qam", "the lab's DVC remote"], user, env)
-    run([sys.executable, "-m", "dvc", "push", "-q"], user, env)
-    run(["git", "clone", "-q", "--bare", str(user), str(root / "origin.git")], root, env)
-    run(["git", "remote", "add", "origin", str(root / "origin.git")], user, env)
-    ports = {"port": free_port(), "mlflow-port": free_port(), "postgres-port": free_port()}
-    # the head's state outside pytest's root-only tree: PostgreSQL runs as `postgres` here
-    state = Path(tempfile.mkdtemp(prefix="ttm-lab-"))
-    state.chmod(0o711)  # the `postgres` account enters it (its files stay private)
-    request.addfinalizer(lambda: shutil.rmtree(state, ignore_errors=True))
-    client = {
-        **env,
-        "PREFECT_API_URL": f"http://127.0.0.1:{ports['port']}/api",
-        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow-port']}",
-        "PGPASSFILE": str(state / "pgpass"),
-        "COLUMNS": "1000",
-    }
-    lab = Lab(root, user, ports, client)
-    head = [sys.executable, "-m", "flows.lab", "head", f"--state={state}", *lab.arguments()]
-    with started(head, user, env, root / "head.log") as process:
-        _wait_for_line(
-            root / "head.log", "deployments are being served", process, HEAD_START_SECONDS
-        )
-        yield lab
-
-
-@contextlib.contextmanager
-def worker_host(lab: Lab, name: str, clone: Path | None = None) -> Iterator[subprocess.Popen]:
-    """`python -m flows.lab worker` in a clone of origin, with the head's password file."""
-    env = host_env(lab.root, name, {k: v for k, v in lab.env.items() if k != "PGPASSFILE"})
-    clone = clone or _clone(lab.root, name, env)
-    (clone / ".lab").mkdir(exist_ok=True)
-    shutil.copy(lab.env["PGPASSFILE"], clone / ".lab" / "pgpass")
-    os.chmod(clone / ".lab" / "pgpass", 0o600)
-    command = [sys.executable, "-m", "flows.lab", "worker", "--name", name, *lab.arguments()]
-    with started(command, clone, env, lab.root / f"{name}.log") as process:
-        _wait_for_line(lab.root / f"{name}.log", "worker(s) of", process, HEAD_START_SECONDS)
-        yield process
-
-
-def study(lab: Lab, name: str) -> optuna.Study:
-    port, passfile = lab.ports["postgres-port"], lab.env["PGPASSFILE"]
-    url = f"postgresql+psycopg://ttm@127.0.0.1:{port}/optuna?passfile={passfile}"
-    return optuna.load_study(study_name=name, storage=url)
+def lab(tmp_path_factory, scratch_dag) -> Iterator[Lab]:
+    with lab_stack.running(tmp_path_factory.mktemp("lab"), scratch_dag[0]) as running:
+        yield running
 
 
 def test_a_sweep_runs_across_two_worker_hosts_and_every_trial_comes_home(lab: Lab) -> None:
@@ -246,7 +116,7 @@ def test_a_host_whose_clone_is_behind_refuses_its_trials(lab: Lab) -> None:
     """A host cloned before the DAG changed: its dvc.lock is not the study's, so its trial
     ends FAIL saying why instead of producing a result that doesn't compare."""
     name = "host-behind"
-    clone = _clone(lab.root, name, host_env(lab.root, name, lab.env))
+    clone = clone_of_origin(lab.root, name, host_env(lab.root, name, lab.env))
     params = yaml.safe_load((lab.user / "params.yaml").read_text())
     params["finetune"]["optim"]["steps"] += 1
     (lab.user / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -268,3 +138,6 @@ def test_a_host_whose_clone_is_behind_refuses_its_trials(lab: Lab) -> None:
     (trial,) = study(lab, "behind").trials
     assert trial.state == TrialState.FAIL and Path(trial.user_attrs["clone"]).name == name
     assert "is not the one the study started from" in trial.user_attrs["fail_reason"]
+    client = mlflow.MlflowClient(lab.env["MLFLOW_TRACKING_URI"])
+    tags = client.get_run(trial.user_attrs["mlflow_run_id"]).data.tags
+    assert tags["fail_reason"] == trial.user_attrs["fail_reason"]
