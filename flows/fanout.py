@@ -214,7 +214,7 @@ def ended_flow_runs(study: optuna.Study) -> dict[str, str]:
             except ObjectNotFound:  # started against another Prefect server: not ours to judge
                 continue
             if state is not None and state.is_final():
-                ended[run_id] = str(state.name)
+                ended[run_id] = f"{state.name}" + (f" ({state.message})" if state.message else "")
     return ended
 
 

@@ -38,6 +38,9 @@ from flows.settings import PUSH_ENV, repository
 
 STATE = ".lab"
 HEAD_WAIT_SECONDS = 180.0
+# Seconds between a flow run's heartbeats (Prefect's default 180): a host that dies mid-trial
+# has its trial marked Crashed after three missed ones (flows.serve.ensure_zombie_automation).
+HEARTBEAT_ENV, HEARTBEAT_SECONDS = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60"
 
 
 def client_environment(address: LabAddress, pgpass: Path) -> dict[str, str]:
@@ -46,6 +49,7 @@ def client_environment(address: LabAddress, pgpass: Path) -> dict[str, str]:
         "PREFECT_API_URL": address.prefect_api,
         "MLFLOW_TRACKING_URI": address.mlflow,
         "PGPASSFILE": str(pgpass.resolve()),
+        HEARTBEAT_ENV: os.environ.get(HEARTBEAT_ENV, HEARTBEAT_SECONDS),
     }
 
 

@@ -22,18 +22,24 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any, cast
 
 import httpx
 from prefect import Flow, serve
+from prefect.automations import Automation
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.objects import StateType
 from prefect.deployments.runner import RunnerDeployment
+from prefect.events.actions import ChangeFlowRunState
+from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.events.schemas.events import ResourceSpecification
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.runner.storage import LocalStorage
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, get_current_settings
 from prefect.workers.process import ProcessWorker
 
 from flows.local_servers import answers, wait_until_answering
@@ -80,6 +86,49 @@ def ensure_work_pool(name: str) -> None:
         client.create_work_pool(
             WorkPoolCreate(name=name, type="process", base_job_template=template)
         )
+
+
+MISSED_HEARTBEATS = 3  # a flow run that misses this many heartbeats in a row has no process
+
+
+def ensure_zombie_automation() -> None:
+    """Prefect's documented answer to a worker host that dies mid-trial ("detect zombie
+    flows"): the flow-run process emits a heartbeat every `flows.heartbeat_frequency`
+    seconds, and an automation marks a Running flow run Crashed once several are missing.
+    The sweep then sees the run end and fails its trial with that reason, instead of
+    waiting for it forever (nothing is left on the dead host to report it)."""
+    frequency = get_current_settings().flows.heartbeat_frequency
+    if frequency is None:
+        return
+    window = MISSED_HEARTBEATS * frequency
+    name = f"ttm: crash flow runs without a heartbeat for {window} s"
+    # Automation's methods are async_dispatch: called outside an event loop, as here, they
+    # return the result itself. `read` raises ValueError when no automation has the name.
+    with contextlib.suppress(ValueError):
+        cast(Automation, Automation.read(name=name))
+        return
+    ended = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled")}
+    automation = Automation(
+        name=name,
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Crashed", *ended},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=window),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                name="Crashed",
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {window} s: its worker's process or host stopped",
+                force=False,
+            )
+        ],
+    )
+    cast(Automation, automation.create())
 
 
 def deploy_trial(repo: Path) -> None:
@@ -226,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logs = repo / ".prefect" / "logs"
     with local_server(api_url(), logs / "server.log"), contextlib.ExitStack() as stack:
         ensure_work_pool(WORK_POOL)
+        ensure_zombie_automation()
         deploy_trial(repo)
         gpus = [gpu for gpu in args.gpus.split(",") if gpu]
         # the sockets' directory is private (0700): a warm server runs what it is sent

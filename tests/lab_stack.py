@@ -26,6 +26,8 @@ from tests import scratch_repo
 from tests.scratch_repo import run
 
 HEAD_START_SECONDS = 300.0
+# Prefect's shortest flow-run heartbeat: a killed host's trial is Crashed after 3 x 30 s.
+HEARTBEAT_SECONDS = "30"
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ def host_env(lab_root: Path, name: str, base: dict[str, str]) -> dict[str, str]:
         "HOME": str(home),
         "PREFECT_HOME": str(home / ".prefect"),
         "OMP_NUM_THREADS": "1",
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": HEARTBEAT_SECONDS,
     }
 
 
@@ -153,3 +156,29 @@ def study(lab: Lab, name: str) -> optuna.Study:
     port, passfile = lab.ports["postgres-port"], lab.env["PGPASSFILE"]
     url = f"postgresql+psycopg://ttm@127.0.0.1:{port}/optuna?passfile={passfile}"
     return optuna.load_study(study_name=name, storage=url)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (through /proc), deepest last."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def kill_host(process: subprocess.Popen) -> None:
+    """A host that dies: SIGKILL to its worker command and everything below it at once."""
+    for pid in [process.pid, *descendants(process.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait()

@@ -5,10 +5,12 @@ behind the study's DAG refuses its trials."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,6 +124,8 @@ def test_a_host_whose_clone_is_behind_refuses_its_trials(lab: Lab) -> None:
     (lab.user / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([sys.executable, "-m", "dvc", "repro", "-q"], lab.user, lab.env)
     run(["git", "commit", "-qam", "one more fine-tuning step"], lab.user, lab.env)
+    run(["git", "push", "-q", "origin", "HEAD"], lab.user, lab.env)  # hosts cloned from now on
+    run([sys.executable, "-m", "dvc", "push", "-q"], lab.user, lab.env)  # are current again
     with worker_host(lab, name, clone):
         result = lab.prefect(
             "deployment",
@@ -141,3 +145,61 @@ def test_a_host_whose_clone_is_behind_refuses_its_trials(lab: Lab) -> None:
     client = mlflow.MlflowClient(lab.env["MLFLOW_TRACKING_URI"])
     tags = client.get_run(trial.user_attrs["mlflow_run_id"]).data.tags
     assert tags["fail_reason"] == trial.user_attrs["fail_reason"]
+
+
+def _running_trial_on(
+    lab: Lab, study_name: str, host: str, sweep: subprocess.Popen, seconds: float = 600
+) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and sweep.poll() is None:
+        with contextlib.suppress(KeyError):  # the sweep has not created the study yet
+            running = study(lab, study_name).get_trials(states=(TrialState.RUNNING,))
+            if any(
+                Path(trial.user_attrs["clone"]).name == host and "mlflow_run_id" in trial.user_attrs
+                for trial in running
+            ):
+                return
+        time.sleep(1.0)
+    output = sweep.communicate()[0] if sweep.poll() is not None else ""
+    raise TimeoutError(f"no trial of {study_name} ran on {host}:\n{output}")
+
+
+def test_a_host_killed_mid_trial_fails_its_trial_and_comes_back_for_more(lab: Lab) -> None:
+    """Fault (a): one host's whole process tree is killed while it runs a trial. Nothing is
+    left there to report it; its flow run misses its heartbeats, Prefect's zombie automation
+    marks it Crashed, and the sweep fails the trial with that reason and finishes on the
+    other host. Restarted, the host takes new trials."""
+    killed, survivor = "host-killed", "host-survivor"
+    sweep = ["deployment", "run", "ablation-sweep/local", *PRETRAIN_STEPS, "--watch"]
+    with worker_host(lab, survivor):
+        with worker_host(lab, killed) as host:
+            command = [sys.executable, "-m", "prefect", *sweep, "--param", "n_trials=3"]
+            watching = subprocess.Popen(
+                [*command, "--param", "study_name=killed"],
+                cwd=lab.user,
+                env=lab.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            _running_trial_on(lab, "killed", killed, watching)
+            lab_stack.kill_host(host)
+        output, _ = watching.communicate(timeout=900)
+    assert watching.returncode == 0, output
+    trials = study(lab, "killed").trials
+    by_host = {
+        name: [t for t in trials if Path(t.user_attrs["clone"]).name == name]
+        for name in (killed, survivor)
+    }
+    (lost,) = by_host[killed]
+    assert lost.state == TrialState.FAIL and "no heartbeat" in lost.user_attrs["fail_reason"]
+    assert [t.state for t in by_host[survivor]] == [TrialState.COMPLETE] * 2, output
+    client = mlflow.MlflowClient(lab.env["MLFLOW_TRACKING_URI"])
+    tags = client.get_run(lost.user_attrs["mlflow_run_id"]).data.tags
+    assert tags["fail_reason"] == lost.user_attrs["fail_reason"]
+
+    with worker_host(lab, killed, lab.root / killed):  # the host is back
+        result = lab.prefect(*sweep, "--param", "study_name=back", "--param", "n_trials=1")
+    (trial,) = study(lab, "back").trials
+    assert trial.state == TrialState.COMPLETE, result.stdout + result.stderr
+    assert Path(trial.user_attrs["clone"]).name == killed
