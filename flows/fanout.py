@@ -200,8 +200,8 @@ def run_trials(
 
 
 def ended_flow_runs(study: optuna.Study) -> dict[str, str]:
-    """{flow run id: final state} of the flow runs holding RUNNING trials that have ended:
-    a trial whose process was killed outright never told the study."""
+    """{flow run id: "final state[: its message]"} of the flow runs holding RUNNING trials
+    that have ended: a trial whose process was killed outright never told the study."""
     running = [
         trial.user_attrs.get("prefect_flow_run_id")
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
@@ -214,7 +214,7 @@ def ended_flow_runs(study: optuna.Study) -> dict[str, str]:
             except ObjectNotFound:  # started against another Prefect server: not ours to judge
                 continue
             if state is not None and state.is_final():
-                ended[run_id] = f"{state.name}" + (f" ({state.message})" if state.message else "")
+                ended[run_id] = f"{state.name}" + (f": {state.message}" if state.message else "")
     return ended
 
 

@@ -56,7 +56,8 @@ def client_environment(address: LabAddress, pgpass: Path) -> dict[str, str]:
 def head(args: argparse.Namespace) -> None:
     repo = repository(args.root)
     state = Path(args.state).resolve() if args.state else repo / STATE
-    advertised = args.advertise or (socket.getfqdn() if args.bind == "0.0.0.0" else args.bind)
+    everywhere = args.bind in lab_servers.ANY_ADDRESS
+    advertised = args.advertise or (socket.getfqdn() if everywhere else args.bind)
     address = LabAddress(args.bind, advertised, args.postgres_port, args.mlflow_port, args.port)
     pgpass = lab_servers.password_file(state)
     os.environ.update(client_environment(address, pgpass))
@@ -64,12 +65,12 @@ def head(args: argparse.Namespace) -> None:
     with contextlib.ExitStack() as servers:
         servers.enter_context(lab_servers.postgres(state, address))
         mlflow = lab_servers.mlflow_server(state, address, dict(os.environ))
-        health = f"http://127.0.0.1:{address.mlflow_port}/health"
+        health = f"http://{address.own}:{address.mlflow_port}/health"
         servers.enter_context(
             lab_servers.server(mlflow, dict(os.environ), health, logs / "mlflow.log")
         )
         command, extra = lab_servers.prefect_server(address)
-        health = f"http://127.0.0.1:{address.prefect_port}/api/health"
+        health = f"http://{address.own}:{address.prefect_port}/api/health"
         servers.enter_context(
             lab_servers.server(command, {**os.environ, **extra}, health, logs / "prefect.log")
         )

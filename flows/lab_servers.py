@@ -30,6 +30,7 @@ USER = "ttm"
 DATABASES = ("optuna", "mlflow", "prefect")
 SERVER_START_SECONDS = 180.0
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+ANY_ADDRESS = ("0.0.0.0", "::")
 ROOT_HINT = (
     " (as root the cluster runs as the `postgres` account, which must be able to enter every"
     " folder above it: choose one with `--state`)"
@@ -61,6 +62,11 @@ class LabAddress:
     @property
     def on_loopback(self) -> bool:
         return self.bind in LOOPBACK
+
+    @property
+    def own(self) -> str:
+        """How the head reaches its own servers: loopback, unless they bind one address."""
+        return "127.0.0.1" if self.on_loopback or self.bind in ANY_ADDRESS else self.bind
 
 
 def postgres_binary(name: str) -> str:
@@ -151,7 +157,7 @@ def postgres(state: Path, address: LabAddress) -> Iterator[None]:
 
 def create_databases(address: LabAddress) -> None:
     """The lab's databases, where missing (through TCP and $PGPASSFILE, as every client)."""
-    url = f"host=127.0.0.1 port={address.postgres_port} user={USER} dbname=postgres"
+    url = f"host={address.own} port={address.postgres_port} user={USER} dbname=postgres"
     with psycopg.connect(url, autocommit=True) as connection:
         existing = {row[0] for row in connection.execute("SELECT datname FROM pg_database")}
         for name in DATABASES:
@@ -164,7 +170,7 @@ def create_databases(address: LabAddress) -> None:
 
 def _local(address: LabAddress) -> LabAddress:
     """The same servers as the head node reaches them itself."""
-    return LabAddress("127.0.0.1", "127.0.0.1", *_ports(address))
+    return LabAddress(address.own, address.own, *_ports(address))
 
 
 def _ports(address: LabAddress) -> tuple[int, int, int]:

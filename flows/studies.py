@@ -334,12 +334,15 @@ def close_trial(
 
 def fail_orphaned_trials(study: optuna.Study, ended_runs: Mapping[str, str]) -> list[int]:
     """Trials still RUNNING whose flow run has ended (crashed, cancelled, killed before it
-    could tell the study) are closed as failed with the flow run's final state."""
+    could tell the study) are closed as failed with the flow run's final state and the
+    state's message ("Crashed: no heartbeat for 540 s: ..."), if any."""
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         flow_run = trial.user_attrs.get("prefect_flow_run_id")
         if flow_run is not None and flow_run in ended_runs:
-            reason = f"flow run {flow_run} ended {ended_runs[flow_run]} before closing the trial"
+            state, _, message = ended_runs[flow_run].partition(": ")
+            reason = f"flow run {flow_run} ended {state} before closing the trial"
+            reason += f": {message}" if message else ""
             close_trial(study, trial.number, TrialState.FAIL, None, {}, reason)
             failed.append(trial.number)
     return failed

@@ -156,10 +156,12 @@ def test_outcomes_and_orphaned_trials(tmp_path, params) -> None:
     alive, dead = study.ask(), study.ask()
     studies.record_attributes(study, alive.number, {"prefect_flow_run_id": "run-a"})
     studies.record_attributes(study, dead.number, {"prefect_flow_run_id": "run-b"})
-    assert studies.fail_orphaned_trials(study, {"run-b": "Crashed"}) == [dead.number]
+    assert studies.fail_orphaned_trials(study, {"run-b": "Crashed: no heartbeat"}) == [dead.number]
     states = [trial.state for trial in study.trials]
     assert states == [TrialState.RUNNING, TrialState.FAIL]
-    assert "ended Crashed" in study.trials[dead.number].user_attrs["fail_reason"]
+    assert study.trials[dead.number].user_attrs["fail_reason"] == (
+        "flow run run-b ended Crashed before closing the trial: no heartbeat"
+    )
 
 
 def test_table_cells_put_each_switch_alone_on_top_of_base(params) -> None:
