@@ -23,6 +23,7 @@ import optuna
 
 from flows.local_servers import free_port
 from tests import scratch_repo
+from tests.prefect_stack import Stack, stop
 from tests.scratch_repo import run
 
 HEAD_START_SECONDS = 300.0
@@ -41,14 +42,9 @@ class Lab:
         return [f"--{name}={port}" for name, port in self.ports.items()]
 
     def prefect(self, *arguments: str, timeout: float = 900) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "prefect", *arguments],
-            cwd=self.user,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        """The Prefect CLI from the user's clone, as a client of the head node."""
+        stack = Stack(self.user, self.env, self.env["PREFECT_API_URL"])
+        return stack.prefect(*arguments, timeout=timeout)
 
 
 def host_env(lab_root: Path, name: str, base: dict[str, str]) -> dict[str, str]:
@@ -78,16 +74,6 @@ def _wait_for_line(log: Path, text: str, process: subprocess.Popen, seconds: flo
         time.sleep(1.0)
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @contextlib.contextmanager
 def started(
     command: list[str], cwd: Path, env: dict[str, str], log: Path
@@ -99,7 +85,7 @@ def started(
     try:
         yield process
     finally:
-        _stop(process)
+        stop(process)
 
 
 @contextlib.contextmanager

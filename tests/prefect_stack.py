@@ -76,7 +76,8 @@ def _deployments_served(stack: Stack, names: Sequence[str], serve: subprocess.Po
     raise TimeoutError(f"deployments {names} were not served:\n{log.read_text()}")
 
 
-def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """`sig`, then SIGKILL after 30 s."""
     if process.poll() is None:
         process.send_signal(sig)
         try:
@@ -131,9 +132,9 @@ def running(root: Path, env: dict[str, str], serve_arguments: Sequence[str]) -> 
             _deployments_served(stack, [*names, "ablation-trial/pool"], serve, serve_log)
             yield stack
         finally:
-            _stop(serve)
+            stop(serve)
     finally:
-        _stop(server, signal.SIGINT)
+        stop(server, signal.SIGINT)
 
 
 # --------------------------------------------------------------------------- the e2e tests' reads
