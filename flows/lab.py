@@ -20,7 +20,6 @@ several machines").
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import socket
@@ -61,19 +60,10 @@ def head(args: argparse.Namespace) -> None:
     address = LabAddress(args.bind, advertised, args.postgres_port, args.mlflow_port, args.port)
     pgpass = lab_servers.password_file(state)
     os.environ.update(client_environment(address, pgpass))
-    logs = state / "logs"
-    with contextlib.ExitStack() as servers:
-        servers.enter_context(lab_servers.postgres(state, address))
-        mlflow = lab_servers.mlflow_server(state, address, dict(os.environ))
-        health = f"http://{address.own}:{address.mlflow_port}/health"
-        servers.enter_context(
-            lab_servers.server(mlflow, dict(os.environ), health, logs / "mlflow.log")
-        )
-        command, extra = lab_servers.prefect_server(address)
-        health = f"http://{address.own}:{address.prefect_port}/api/health"
-        servers.enter_context(
-            lab_servers.server(command, {**os.environ, **extra}, health, logs / "prefect.log")
-        )
+    with (
+        lab_servers.postgres(state, address),
+        lab_servers.supervised(head_servers(address, state)) as servers,
+    ):
         print(
             f"lab head: Prefect {address.prefect_api}, MLflow {address.mlflow}, Optuna "
             f"{address.database('optuna')}\nworker hosts: copy {pgpass} to their clone's "
@@ -86,9 +76,34 @@ def head(args: argparse.Namespace) -> None:
         serving = subprocess.Popen(command, env=dict(os.environ))
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
-            serving.wait()
+            while serving.poll() is None:
+                for server in servers:
+                    server.restart_if_exited()
+                time.sleep(1.0)
+            raise SystemExit(f"flows.serve exited with {serving.returncode}")
         finally:
             serve.stop_all([serving])
+
+
+def head_servers(address: LabAddress, state: Path) -> list[lab_servers.SupervisedServer]:
+    """The MLflow and Prefect servers, restarted by the head whenever they exit."""
+    logs, own = state / "logs", address.own
+    mlflow = lab_servers.SupervisedServer(
+        "the MLflow server",
+        lab_servers.mlflow_server(state, address),
+        dict(os.environ),
+        f"http://{own}:{address.mlflow_port}/health",
+        logs / "mlflow.log",
+    )
+    command, extra = lab_servers.prefect_server(address)
+    prefect = lab_servers.SupervisedServer(
+        "the Prefect server",
+        command,
+        {**os.environ, **extra},
+        f"http://{own}:{address.prefect_port}/api/health",
+        logs / "prefect.log",
+    )
+    return [mlflow, prefect]
 
 
 def pull_dag(repo: Path) -> None:

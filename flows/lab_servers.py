@@ -14,6 +14,7 @@ import glob
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -177,21 +178,79 @@ def _ports(address: LabAddress) -> tuple[int, int, int]:
     return address.postgres_port, address.mlflow_port, address.prefect_port
 
 
+@dataclass
+class SupervisedServer:
+    """A head-node server that the head restarts whenever it exits (a crash, the kernel's OOM
+    killer, an operator's `kill`), as systemd's `Restart=always` would. Clients ride out the
+    gap on their own retries: MLflow's client retries a refused connection with exponential
+    backoff for about two minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES 7, factor 2), and a trial
+    worker's Prefect client retries too. Started in a session of its own, so that what it
+    leaves behind (the MLflow CLI's uvicorn child) is killed with it and frees the port."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    health: str
+    log: Path
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("a") as output:
+            self.process = subprocess.Popen(
+                self.command,
+                env=self.env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_until_answering(
+            self.health, SERVER_START_SECONDS, self.process, f"{self.name} (log: {self.log})"
+        )
+
+    def restart_if_exited(self) -> bool:
+        """Start the server again if it has exited; True when it had."""
+        if self.process is None or self.process.poll() is None:
+            return False
+        code = self.process.returncode
+        _kill_session(self.process.pid)
+        self.restarts += 1
+        print(
+            f"lab head: {self.name} exited with {code}; restarting it "
+            f"(restart {self.restarts}, log: {self.log})",
+            flush=True,
+        )
+        self.start()
+        print(f"lab head: {self.name} answers again at {self.health}", flush=True)
+        return True
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_all([self.process])
+            _kill_session(self.process.pid)
+
+
+def _kill_session(leader: int) -> None:
+    """SIGKILL what is left of the session `leader` started (its process group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(leader, signal.SIGKILL)
+
+
 @contextlib.contextmanager
-def server(command: list[str], env: dict[str, str], health: str, log: Path) -> Iterator[None]:
-    """A server process, logged to `log`, running once `health` answers, until the block ends;
-    one that exits first fails naming its log."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+def supervised(servers: list[SupervisedServer]) -> Iterator[list[SupervisedServer]]:
+    """Start `servers` in order (each answering before the next starts); stop them all when
+    the block ends, whatever happened inside it."""
     try:
-        wait_until_answering(health, SERVER_START_SECONDS, process, f"the server logging to {log}")
-        yield
+        for server in servers:
+            server.start()
+        yield servers
     finally:
-        stop_all([process])
+        for server in reversed(servers):
+            server.stop()
 
 
-def mlflow_server(state: Path, address: LabAddress, env: dict[str, str]) -> list[str]:
+def mlflow_server(state: Path, address: LabAddress) -> list[str]:
     """`mlflow server` on PostgreSQL with `--serve-artifacts`: clients upload and download
     artifacts through it (mlflow-artifacts:/ URIs), never to or from the head node's disk."""
     local = _local(address)

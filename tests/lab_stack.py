@@ -162,6 +162,24 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def crash_mlflow_server(lab: Lab) -> None:
+    """The head's MLflow server dies at once, with everything it started (SIGKILL to its
+    process group): the head's supervisor must notice and start it again."""
+    port = str(lab.ports["mlflow-port"])
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().decode().split("\0")
+            if (
+                entry.name.isdigit()
+                and "server" in argv
+                and port in argv
+                and any(Path(arg).name == "mlflow" for arg in argv)
+            ):
+                os.killpg(os.getpgid(int(entry.name)), signal.SIGKILL)
+                return
+    raise LookupError(f"no `mlflow server ... --port {port}` process is running")
+
+
 def kill_host(process: subprocess.Popen) -> None:
     """A host that dies: SIGKILL to its worker command and everything below it at once."""
     for pid in [process.pid, *descendants(process.pid)]:

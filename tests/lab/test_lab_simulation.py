@@ -1,7 +1,8 @@
 """The lab simulated on one machine (tests/lab_stack.py, flows/lab.py): a 4-trial sweep runs
 across two worker hosts; Optuna, MLflow (through its server) and Prefect agree on every
-trial, and the user's clone gets every experiment back from origin. A host whose clone is
-behind the study's DAG refuses its trials."""
+trial, and the user's clone gets every experiment back from origin, through a crash of the
+MLflow server mid-trial (fault b). A host whose clone is behind the study's DAG refuses its
+trials (fault c); a host killed mid-trial fails its trial and comes back (fault a)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from tests import lab_stack
 from tests.lab_stack import Lab, clone_of_origin, host_env, study, worker_host
@@ -35,20 +36,65 @@ def lab(tmp_path_factory, scratch_dag) -> Iterator[Lab]:
         yield running
 
 
+def _watched_sweep(lab: Lab, study_name: str, trials: int) -> subprocess.Popen:
+    """`prefect deployment run ablation-sweep/local --watch` from the user's clone, in the
+    background."""
+    command = [sys.executable, "-m", "prefect", "deployment", "run", "ablation-sweep/local"]
+    command += ["--param", f"study_name={study_name}", "--param", f"n_trials={trials}"]
+    return subprocess.Popen(
+        [*command, *PRETRAIN_STEPS, "--watch"],
+        cwd=lab.user,
+        env=lab.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for_trials(
+    lab: Lab,
+    study_name: str,
+    sweep: subprocess.Popen,
+    ready: Callable[[list[FrozenTrial]], bool],
+    what: str,
+    seconds: float = 600,
+) -> list[FrozenTrial]:
+    """The study's trials, once `ready` holds for them."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and sweep.poll() is None:
+        with contextlib.suppress(KeyError):  # the sweep has not created the study yet
+            trials = study(lab, study_name).trials
+            if ready(trials):
+                return trials
+        time.sleep(1.0)
+    output = sweep.communicate()[0] if sweep.poll() is not None else ""
+    raise TimeoutError(f"{study_name}: no {what}:\n{output}")
+
+
+def _finished_and_running(trials: list[FrozenTrial]) -> bool:
+    states = [(t.state, "mlflow_run_id" in t.user_attrs) for t in trials]
+    return (TrialState.COMPLETE, True) in states and (TrialState.RUNNING, True) in states
+
+
 def test_a_sweep_runs_across_two_worker_hosts_and_every_trial_comes_home(lab: Lab) -> None:
+    """With fault (b) on the way: the MLflow server crashes while a trial runs and another has
+    finished; the head restarts it, the running trial's logging retries through the gap, and
+    nothing the finished trial logged is lost."""
+    client = mlflow.MlflowClient(lab.env["MLFLOW_TRACKING_URI"])
     with worker_host(lab, HOSTS[0]), worker_host(lab, HOSTS[1]):
-        result = lab.prefect(
-            "deployment",
-            "run",
-            "ablation-sweep/local",
-            "--param",
-            "study_name=lab",
-            "--param",
-            "n_trials=4",
-            *PRETRAIN_STEPS,
-            "--watch",
-        )
-    assert result.returncode == 0, result.stdout + result.stderr
+        sweep = _watched_sweep(lab, "lab", 4)
+        seen = _wait_for_trials(lab, "lab", sweep, _finished_and_running, "trial mid-run")
+        finished = next(t for t in seen if t.state == TrialState.COMPLETE)
+        before = client.get_run(finished.user_attrs["mlflow_run_id"])
+        before_artifacts = client.list_artifacts(before.info.run_id)
+        lab_stack.crash_mlflow_server(lab)
+        output, _ = sweep.communicate(timeout=900)
+    assert sweep.returncode == 0, output
+    head_log = (lab.root / "head.log").read_text()
+    assert "the MLflow server exited with -9; restarting it" in head_log, head_log
+    after = client.get_run(before.info.run_id)
+    assert after.data.metrics == before.data.metrics and after.data.params == before.data.params
+    assert client.list_artifacts(before.info.run_id) == before_artifacts
     trials = study(lab, "lab").trials
     assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 4, [
         (trial.state, trial.user_attrs.get("fail_reason")) for trial in trials
@@ -59,7 +105,6 @@ def test_a_sweep_runs_across_two_worker_hosts_and_every_trial_comes_home(lab: La
 
     # MLflow, through the server: the sweep's parent run, a finished child run per trial
     # whose artifacts (the trial's DVC log) download through the server's API.
-    client = mlflow.MlflowClient(lab.env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name(EXPERIMENT)
     assert experiment.artifact_location.startswith("mlflow-artifacts:")
     (parent,) = client.search_runs(
@@ -147,23 +192,6 @@ def test_a_host_whose_clone_is_behind_refuses_its_trials(lab: Lab) -> None:
     assert tags["fail_reason"] == trial.user_attrs["fail_reason"]
 
 
-def _running_trial_on(
-    lab: Lab, study_name: str, host: str, sweep: subprocess.Popen, seconds: float = 600
-) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and sweep.poll() is None:
-        with contextlib.suppress(KeyError):  # the sweep has not created the study yet
-            running = study(lab, study_name).get_trials(states=(TrialState.RUNNING,))
-            if any(
-                Path(trial.user_attrs["clone"]).name == host and "mlflow_run_id" in trial.user_attrs
-                for trial in running
-            ):
-                return
-        time.sleep(1.0)
-    output = sweep.communicate()[0] if sweep.poll() is not None else ""
-    raise TimeoutError(f"no trial of {study_name} ran on {host}:\n{output}")
-
-
 def test_a_host_killed_mid_trial_fails_its_trial_and_comes_back_for_more(lab: Lab) -> None:
     """Fault (a): one host's whole process tree is killed while it runs a trial. Nothing is
     left there to report it; its flow run misses its heartbeats, Prefect's zombie automation
@@ -171,18 +199,19 @@ def test_a_host_killed_mid_trial_fails_its_trial_and_comes_back_for_more(lab: La
     other host. Restarted, the host takes new trials."""
     killed, survivor = "host-killed", "host-survivor"
     sweep = ["deployment", "run", "ablation-sweep/local", *PRETRAIN_STEPS, "--watch"]
+
+    def running_on_killed(trials: list[FrozenTrial]) -> bool:
+        return any(
+            t.state == TrialState.RUNNING
+            and Path(t.user_attrs["clone"]).name == killed
+            and "mlflow_run_id" in t.user_attrs
+            for t in trials
+        )
+
     with worker_host(lab, survivor):
         with worker_host(lab, killed) as host:
-            command = [sys.executable, "-m", "prefect", *sweep, "--param", "n_trials=3"]
-            watching = subprocess.Popen(
-                [*command, "--param", "study_name=killed"],
-                cwd=lab.user,
-                env=lab.env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            _running_trial_on(lab, "killed", killed, watching)
+            watching = _watched_sweep(lab, "killed", 3)
+            _wait_for_trials(lab, "killed", watching, running_on_killed, f"trial on {killed}")
             lab_stack.kill_host(host)
         output, _ = watching.communicate(timeout=900)
     assert watching.returncode == 0, output
