@@ -9,15 +9,19 @@ sequence + mask and the CLAP text embedding of the caption (the global condition
 With `quality.use_prefix` the encoder reads "{prefix}, {caption}" (paper 003 §4.1,
 docs/reference.md §C.3); the CLAP text embedding is of the caption alone.
 
-Resumable: shards are written atomically in a fixed plan, finished shards are skipped on
-rerun, and the output is `persist: true` in dvc.yaml so DVC leaves it in place; a
-different input fingerprint wipes it (tasks/latents/store.py). The index tables and the
-train-split latent statistics are written last.
+Resumable: the cache is built in `<latents.root>.partial`, beside the output and outside
+DVC's outputs, with shards written atomically in a fixed plan; a rerun after a kill skips the
+finished shards, and a different input fingerprint wipes them (tasks/latents/store.py). The
+index tables and the train-split latent statistics are written last, then the finished
+folder is renamed to `latents.root`. The output itself is an ordinary one (no `persist`), so
+DVC's run-cache restores it for any trial whose latents inputs an earlier run already had.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -193,9 +197,31 @@ def load_encoders(params: Params, cache: ScoreCache) -> Encoders:
     )
 
 
+def partial_root(root: Path) -> Path:
+    """Where the cache is built until it is complete. Not `root` itself: DVC's run-cache never
+    serves a stage with a `persist` output, and without `persist` DVC deletes `root` before
+    it runs the stage, so the finished shards of a killed run must live elsewhere."""
+    return root.with_name(f"{root.name}.partial")
+
+
+def publish(partial: Path, root: Path) -> None:
+    """The finished cache becomes `root`: DVC has removed `root` before running the stage; a
+    `python -m tasks.latents` outside DVC replaces the cache it finds there, and nothing else."""
+    if root.exists():
+        if any(root.iterdir()) and not (root / store.MANIFEST).is_file():
+            raise FileExistsError(
+                f"latents.root ({root}) holds files that are not a latents cache: move them "
+                "or set latents.root to a folder of its own"
+            )
+        shutil.rmtree(root)
+    os.replace(partial, root)
+
+
 def build_cache(params: Params, inputs: dict[str, Path]) -> dict:
-    """Write the whole cache under `latents.root`; returns counts for the log."""
-    root = Path(params.latents.root)
+    """Write the whole cache, in `partial_root` and then at `latents.root`; returns counts
+    for the log."""
+    target = Path(params.latents.root)
+    root = partial_root(target)
     tracks = pd.read_parquet(inputs["tracks"])
     captions = pd.read_parquet(inputs["captions"])
     schema.check_columns(captions, CAPTION_COLUMNS, "captions.parquet")
@@ -247,6 +273,7 @@ def build_cache(params: Params, inputs: dict[str, Path]) -> dict:
         segments=len(table),
         texts=len(texts),
     )
+    publish(root, target)
     return {
         "resumed": resumed,
         "segment_shards_written": segments[0],

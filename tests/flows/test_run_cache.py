@@ -2,8 +2,8 @@
 upstream override share the upstream stage's output through DVC's run-cache (.dvc/cache/runs)
 when one finishes before the other starts, and both compute it when they run at once (why
 flows/studies.py upstream_first queues the first cell of each upstream group first). A stage
-with a `persist: true` output (dvc.yaml's `latents`) is never run-cached: every trial that
-changes its inputs computes it again."""
+with a `persist: true` output is never run-cached: every trial that changes its inputs
+computes it again, which is why no upstream stage of dvc.yaml has one (checked below)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from flows.studies import UPSTREAM_STAGES
 
 # Each stage appends its name to runs.log (outside the repository: an experiment's temporary
 # copy would keep its own) and writes its output; `up` sleeps, so two trials overlap.
@@ -102,3 +104,16 @@ def test_a_persisted_output_is_computed_again_by_every_trial(tmp_path: Path) -> 
     _run(root, *_trial(4, 1))
     _run(root, *_trial(4, 2))
     assert log.read_text().split() == ["up", "down", "up", "down"]
+
+
+def test_no_upstream_stage_of_the_dag_has_a_persisted_output() -> None:
+    """The stages a data-centric trial reruns must stay run-cacheable, so that a second trial
+    with the same upstream params restores them (latents resumes from a folder of its own)."""
+    stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
+    persisted = [
+        (name, out)
+        for name in UPSTREAM_STAGES
+        for out in stages[name].get("outs", [])
+        if isinstance(out, dict) and any(spec.get("persist") for spec in out.values())
+    ]
+    assert not persisted

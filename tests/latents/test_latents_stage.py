@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -51,6 +52,31 @@ def _workspace(curated_workspace, destination: Path, shard: int) -> tuple[Path, 
     return destination, raw
 
 
+# --------------------------------------------------------------------------- publishing
+def _cache(folder: Path, marker: str) -> Path:
+    (folder / "segments").mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"marker": marker}))
+    return folder
+
+
+def test_the_finished_cache_replaces_an_earlier_one(tmp_path) -> None:
+    root = _cache(tmp_path / "latents", "earlier")
+    partial = _cache(latents.partial_root(root), "new")
+    assert partial == tmp_path / "latents.partial"
+    latents.publish(partial, root)
+    assert read_manifest(root) == {"marker": "new"} and not partial.exists()
+
+
+def test_a_root_holding_other_files_is_never_replaced(tmp_path) -> None:
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "notes.txt").write_text("not a cache")
+    partial = _cache(latents.partial_root(root), "new")
+    with pytest.raises(FileExistsError, match="not a latents cache"):
+        latents.publish(partial, root)
+    assert (root / "notes.txt").exists() and partial.exists()
+
+
 def _env(root: Path) -> dict:
     return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
 
@@ -88,14 +114,15 @@ def test_killed_run_resumes_to_the_same_cache(curated_workspace, tmp_path) -> No
     assert process.wait(timeout=600) == 0, process.stdout.read().decode()
 
     process = _latents(killed)
-    shards = killed / "data/latents/segments"
+    shards = killed / "data/latents.partial/segments"  # built beside the output until done
     deadline = time.monotonic() + 300
     while len(list(shards.glob("shard-*.safetensors"))) < 2 and time.monotonic() < deadline:
         assert process.poll() is None, "finished before it could be killed"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (killed / "data/latents/segments.parquet").exists()  # index is written last
+    assert not (killed / "data/latents").exists()  # the output appears only when complete
+    assert not (killed / "data/latents.partial/segments.parquet").exists()  # index last
     rerun = subprocess.run(
         [sys.executable, "-m", "tasks.latents"],
         cwd=killed,
@@ -106,6 +133,7 @@ def test_killed_run_resumes_to_the_same_cache(curated_workspace, tmp_path) -> No
     )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "skipped 0 +" not in rerun.stdout  # finished shards were not recomputed
+    assert not (killed / "data/latents.partial").exists()
     assert _files(killed / "data/latents") == _files(clean / "data/latents")
 
     # what the cache holds, read back through the store and the Dataset
