@@ -106,11 +106,12 @@ lab: setup
 	$(RUN) $(BIN)/python -m flows.lab head --bind $(LAB_BIND)
 
 ## lab-worker: a lab's worker host, from its clone: dvc pull, then a worker per GPU
-# HEAD=head-node-name GPUS=0,1,2,3 (or WORKERS=N on CPUs); copy the head's .lab/pgpass first
+# HEAD=head-node-name GPUS=0,1,2,3 (or WORKERS=N on CPUs); copy the head's .lab/pgpass first;
+# NAME=... names the host in Prefect (default: its hostname; two clones on one machine need two)
 HEAD ?= 127.0.0.1
 lab-worker: setup
 	$(RUN) $(BIN)/python -m flows.lab worker --head $(HEAD) --workers $(WORKERS) \
-		$(if $(GPUS),--gpus $(GPUS))
+		$(if $(GPUS),--gpus $(GPUS)) $(if $(NAME),--name $(NAME))
 
 ## mlflow-ui: browse runs and ablation tables on http://127.0.0.1:5000
 # --app-name: MLflow's server as is, its page opening a first visit in model-training mode
