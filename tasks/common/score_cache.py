@@ -122,6 +122,15 @@ class CachedScorer:
     Lookups happen as windows stream in; misses queue up and go to the backend in full
     batches (so a partly filled cache costs ceil(missing / batch_size) calls), and each
     batch is committed before the next starts.
+
+    A cached value depends on its window alone, never on the run that computed it: CPU
+    kernels pick their blocking by the batch's size, so a window embedded in a batch of 2
+    differs from the same window in a batch of 16 (by 7e-8 for the embedded CLAP), while at
+    one batch size the result is bit-identical whatever the other rows are. So every batch
+    goes to the backend at `batch_size` (a short last batch padded with copies of its first
+    window, whose outputs are dropped), and the batch size is part of the key. Otherwise the
+    cache's history (which stage, trial or corpus filled an entry first) would leak into
+    the bytes of the stages' outputs, and from there into their DVC hashes.
     """
 
     cache: ScoreCache
@@ -140,9 +149,8 @@ class CachedScorer:
         lookup: list[tuple[int, str, np.ndarray]] = []
         for window in windows:
             results.append(None)
-            lookup.append(
-                (len(results) - 1, window_key(self.identity, window, sample_rate), window)
-            )
+            key = window_key(f"{self.identity}|batch={self.batch_size}", window, sample_rate)
+            lookup.append((len(results) - 1, key, window))
             if len(lookup) >= self.batch_size:
                 self._resolve(lookup, results, sample_rate)
                 lookup = []
@@ -170,8 +178,10 @@ class CachedScorer:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
-        outputs = np.asarray(self.compute([w for _, _, w in batch], sample_rate), np.float32)
-        outputs = outputs.reshape(len(batch), -1)
+        windows = [w for _, _, w in batch]
+        padded = windows + [windows[0]] * (self.batch_size - len(windows))
+        outputs = np.asarray(self.compute(padded, sample_rate), np.float32)
+        outputs = outputs.reshape(len(padded), -1)[: len(batch)]
         self.backend_calls += 1
         self.computed += len(batch)
         self.cache.put(
