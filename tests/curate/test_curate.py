@@ -343,7 +343,7 @@ def test_unreadable_tracks_are_rejected_and_silent_windows_marked(small_params, 
     ).assign(duration_s=3.0, caption_holistic="x")
     tracks = pd.concat([tracks, extra], ignore_index=True)
     with ScoreCache(tmp_path / "cache") as cache:
-        scorers, clap = scorers_for(cache, 4)
+        scorers, _ = scorers_for(cache, 4)
         candidates, rejects = curate.clap_scores(tracks, tmp_path, small_params, scorers)
     schema.check_columns(rejects, curate.REJECT_COLUMNS, "rejects")
     reasons = dict(zip(rejects["track_id"], rejects["reason"], strict=True))
