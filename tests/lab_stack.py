@@ -22,6 +22,7 @@ from pathlib import Path
 import optuna
 
 from flows.local_servers import free_port
+from tasks.train.pruning import open_storage
 from tests import scratch_repo
 from tests.prefect_stack import Stack, stop
 from tests.scratch_repo import run
@@ -139,9 +140,10 @@ def worker_host(lab: Lab, name: str, clone: Path | None = None) -> Iterator[subp
 
 
 def study(lab: Lab, name: str) -> optuna.Study:
+    """The study on the head's PostgreSQL, through one engine per process (the tests poll)."""
     port, passfile = lab.ports["postgres-port"], lab.env["PGPASSFILE"]
     url = f"postgresql+psycopg://ttm@127.0.0.1:{port}/optuna?passfile={passfile}"
-    return optuna.load_study(study_name=name, storage=url)
+    return optuna.load_study(study_name=name, storage=open_storage(url))
 
 
 def descendants(pid: int) -> list[int]:

@@ -10,6 +10,7 @@ flows/studies.py so that changing the sweep's orchestration never makes training
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -33,15 +34,25 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if url.endswith(JOURNAL_SUFFIXES) and "://" not in url:
         backend = optuna.storages.journal.JournalFileBackend(str(Path(url).resolve()))
         return optuna.storages.JournalStorage(backend)
-    if url.startswith("sqlite:///"):
-        # Trials write from several processes: wait for SQLite's lock rather than fail.
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
     if "://" in url:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        return _rdb_storage(url, os.getpid())
     raise ValueError(
         f"storage {url!r}: expected an SQLAlchemy URL (sqlite:///abs/path.db, "
         f"postgresql+psycopg://user@host/db) or a journal file ending in {JOURNAL_SUFFIXES}"
     )
+
+
+@functools.cache
+def _rdb_storage(url: str, pid: int) -> optuna.storages.RDBStorage:
+    """One RDBStorage (one SQLAlchemy engine and its connection pool) per URL and process, as
+    SQLAlchemy intends: a new one per call leaves each old pool's connections open until
+    garbage collection, and a process that polls its study (a sweep, a watcher) then runs a
+    PostgreSQL server out of connections ("too many clients already"). `pid` keeps a forked
+    child (a warm-start server's stage) from inheriting its parent's pool."""
+    if url.startswith("sqlite:///"):
+        # Trials write from several processes: wait for SQLite's lock rather than fail.
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 
 
 def make_pruner(pruner: PrunerParams) -> optuna.pruners.BasePruner:
