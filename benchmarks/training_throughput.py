@@ -29,9 +29,12 @@ best round, so a load that comes and goes on a shared machine hits them alike.
 tests/train/test_speedups.py checks that the variants compute the same losses, weights and
 samples.
 
-`--profile` adds one torch.profiler pass over embedded training steps (CPU activity),
-printing the ops sorted by self CPU time. Runs unchanged on CUDA (`--device cuda`,
-bf16 autocast by default there).
+`--profile` adds one torch.profiler pass over each config's training steps (the speed-ups;
+CPU activity), printing the ops sorted by self CPU time, then the share of the step in
+GEMM-bound kernels (convolutions, matmuls, attention, AdamW's update: `GEMM_BOUND_OPS`) and
+the speed-up that removing everything else entirely would give (1 / share): the ceiling
+for fusion and layout changes, when those kernels already run near the measured matmul peak.
+Runs unchanged on CUDA (`--device cuda`, bf16 autocast by default there).
 
 On a shared CPU, other jobs on the cores make OpenMP's spinning threads wait for descheduled
 peers; the run prints a note when the load is high, and `OMP_WAIT_POLICY=PASSIVE` (set in the
@@ -366,6 +369,28 @@ def report_sampling(bench: Bench, run: Run, frame_rate: int) -> None:
 
 
 # --------------------------------------------------------------------------- profile
+# Kernels whose time is set by their FLOPs (or, for AdamW's fused update, by one pass over the
+# weights): fusion and layout changes leave them as they are.
+GEMM_BOUND_OPS = (
+    "aten::convolution_backward",
+    "aten::mkldnn_convolution",
+    "aten::convolution",
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::_fused_adamw_",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+)
+
+
+def gemm_bound_share(events: list) -> float:
+    """The share of self CPU time spent in `GEMM_BOUND_OPS`."""
+    total = sum(event.self_cpu_time_total for event in events)
+    bound = sum(event.self_cpu_time_total for event in events if event.key in GEMM_BOUND_OPS)
+    return bound / total if total else float("nan")
+
+
 def report_profile(bench: Bench, run: Run, steps: int, rows: int) -> None:
     """torch.profiler over a few training steps (after one warm-up), ops by self CPU time:
     on CPU, where the time goes; on CUDA, the host-side launch cost (kernels recorded too)."""
@@ -382,7 +407,13 @@ def report_profile(bench: Bench, run: Run, steps: int, rows: int) -> None:
         f"\nprofile: {bench.name} training, batch {bench.workload.batch}, {steps} steps "
         f"({run.device.type})"
     )
-    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+    events = profiler.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=rows))
+    share = gemm_bound_share(list(events))
+    print(
+        f"GEMM-bound kernels: {share:.0%} of self CPU time; removing all the rest would make "
+        f"the step at most {1 / share:.2f}x faster"
+    )
 
 
 # --------------------------------------------------------------------------- main
@@ -448,7 +479,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--compile", action="store_true", help="also time the speed-ups + torch.compile"
     )
-    parser.add_argument("--profile", action="store_true", help="also profile embedded training")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile each config's training"
+    )
     parser.add_argument("--profile-steps", type=int, default=3)
     return parser.parse_args()
 
@@ -492,9 +525,8 @@ def main() -> None:
         variants = ["reference", "speed-ups"] + (["compiled"] if args.compile else [])
         report_training(bench, run, peak, variants)
         report_sampling(bench, run, params.latents.mel25.frame_rate)
-    if args.profile:
-        bench = embedded_bench(params, workload_for("embedded", args, device))
-        report_profile(bench, run, args.profile_steps, rows=15)
+        if args.profile:
+            report_profile(bench, run, args.profile_steps, rows=15)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 
