@@ -71,6 +71,14 @@ def _wait_for_trials(
     raise TimeoutError(f"{study_name}: no {what}:\n{output}")
 
 
+def _ended_run(client: mlflow.MlflowClient, run_id: str, seconds: float = 300):
+    deadline = time.monotonic() + seconds
+    while (run_ := client.get_run(run_id)).info.status == "RUNNING":
+        assert time.monotonic() < deadline, f"MLflow run {run_id} did not end"
+        time.sleep(0.5)
+    return run_
+
+
 def _finished_and_running(trials: list[FrozenTrial]) -> bool:
     states = [(t.state, "mlflow_run_id" in t.user_attrs) for t in trials]
     return (TrialState.COMPLETE, True) in states and (TrialState.RUNNING, True) in states
@@ -85,7 +93,9 @@ def test_a_sweep_runs_across_two_worker_hosts_and_every_trial_comes_home(lab: La
         sweep = _watched_sweep(lab, "lab", 4)
         seen = _wait_for_trials(lab, "lab", sweep, _finished_and_running, "trial mid-run")
         finished = next(t for t in seen if t.state == TrialState.COMPLETE)
-        before = client.get_run(finished.user_attrs["mlflow_run_id"])
+        # Optuna's COMPLETE comes before the trial's last MLflow metrics (its opening and
+        # closing seconds): the snapshot waits for its run to end.
+        before = _ended_run(client, finished.user_attrs["mlflow_run_id"])
         before_artifacts = client.list_artifacts(before.info.run_id)
         lab_stack.crash_mlflow_server(lab)
         output, _ = sweep.communicate(timeout=900)
