@@ -115,9 +115,10 @@ lab-worker: setup
 
 ## mlflow-ui: browse runs and ablation tables on http://127.0.0.1:5000
 # --app-name: MLflow's server as is, its page opening a first visit in model-training mode
-# without the Assistant panel (flows/mlflow_app.py; the entry point is in pyproject.toml)
+# without the Assistant panel (flows/mlflow_app.py; the entry point is in pyproject.toml);
+# without MLflow's GenAI job runner, which nothing here uses (flows/local_servers.py)
 mlflow-ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000 \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000 \
 		--app-name score-aware-ttm
 
 ## optuna-ui: Optuna's dashboard for the studies in optuna.db on http://127.0.0.1:8080

@@ -32,7 +32,7 @@ from tempfile import TemporaryDirectory
 
 from flows import lab_servers, serve
 from flows.lab_servers import LabAddress
-from flows.local_servers import wait_until_answering
+from flows.local_servers import MLFLOW_SERVER_ENV, wait_until_answering
 from flows.settings import PUSH_ENV, repository
 
 STATE = ".lab"
@@ -91,7 +91,7 @@ def head_servers(address: LabAddress, state: Path) -> list[lab_servers.Supervise
     mlflow = lab_servers.SupervisedServer(
         "the MLflow server",
         lab_servers.mlflow_server(state, address),
-        dict(os.environ),
+        {**os.environ, **MLFLOW_SERVER_ENV},
         f"http://{own}:{address.mlflow_port}/health",
         logs / "mlflow.log",
     )

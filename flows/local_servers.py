@@ -9,6 +9,13 @@ import time
 
 import httpx
 
+# MLflow 3's server starts a job runner beside the tracking server: seven Huey consumer
+# processes for its GenAI jobs (LLM-judge scorers, prompt optimisation, trace roll-ups), each
+# importing mlflow (~6 CPU-s apiece, ~60 CPU-s per start on the 2-core machine). Runs,
+# metrics, tables and artifacts never use them, so every server the project starts goes
+# without (MLflow's own switch, mlflow.environment_variables).
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 
 def free_port() -> int:
     with socket.socket() as probe:

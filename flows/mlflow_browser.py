@@ -26,7 +26,7 @@ from pathlib import Path
 
 from playwright.sync_api import Locator, Page, sync_playwright
 
-from flows.local_servers import free_port, wait_until_answering
+from flows.local_servers import MLFLOW_SERVER_ENV, free_port, wait_until_answering
 from flows.mlflow_app import APP_NAME
 from flows.mlflow_views import VIEW_NAME
 from tasks.evaluate.listening_page import CHROMIUM_FLAGS
@@ -73,7 +73,11 @@ def mlflow_ui(tracking_uri: str, workers: int = 1) -> Iterator[str]:
     with tempfile.TemporaryFile("w+") as log:
         # its own process group: `mlflow ui` starts uvicorn, which starts the workers
         server = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env={**os.environ, **MLFLOW_SERVER_ENV},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             url = f"http://127.0.0.1:{port}"

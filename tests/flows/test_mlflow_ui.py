@@ -24,6 +24,22 @@ OUTCOMES = {  # trial number -> objective (None: pruned at step 4)
 }
 
 
+def _session_commands(url: str) -> list[str]:
+    """The command lines of every process in the session of the server answering at `url`
+    (mlflow_ui starts it in a session of its own)."""
+    port = url.rsplit(":", 1)[1]
+    table: dict[str, tuple[str, str]] = {}  # pid -> (session, command line)
+    for entry in Path("/proc").iterdir():
+        try:
+            session = (entry / "stat").read_text().rsplit(")", 1)[1].split()[3]
+            command = (entry / "cmdline").read_bytes().decode().replace("\0", " ")
+        except (OSError, IndexError):
+            continue
+        table[entry.name] = (session, command)
+    (server,) = {s for s, c in table.values() if "mlflow" in c and f"--port {port}" in c}
+    return [command for session, command in table.values() if session == server]
+
+
 def make_sweep(repo: Path, params: Params) -> tuple[str, list[str]]:
     """A sweep's records as the flows leave them (fanout.start_study, trial.open_trial and
     close, ablation_report.publish): the parent run, three trial runs nested under it (two
@@ -106,6 +122,10 @@ def test_a_researcher_clicks_from_the_landing_page_to_the_sweep_and_its_table(
     params = Params.from_mapping(shipped_params)
     uri, trials = make_sweep(tmp_path, params)
     with mlflow_ui(uri) as ui, fresh_browser(chromium) as page:
+        # MLflow's server without its GenAI job runner (flows/local_servers.MLFLOW_SERVER_ENV)
+        commands = _session_commands(ui)
+        assert any("uvicorn" in command for command in commands), commands
+        assert not [command for command in commands if "mlflow.server.jobs" in command]
         walk = walk_to_table(page, ui, params.tracking.experiment, PARENT, shots=tmp_path / "shots")
         # The first click lands on the runs list in model-training mode, nothing over it
         assert "/runs" in walk.runs_url
