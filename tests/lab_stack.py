@@ -25,6 +25,7 @@ from flows.local_servers import free_port
 from tasks.train.pruning import open_storage
 from tests import scratch_repo
 from tests.prefect_stack import Stack, stop
+from tests.processes import kill_tree, processes
 from tests.scratch_repo import run
 
 HEAD_START_SECONDS = 300.0
@@ -146,45 +147,23 @@ def study(lab: Lab, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=open_storage(url))
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (through /proc), deepest last."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, queue = [], [pid]
-    while queue:
-        for child in children.get(queue.pop(), []):
-            found.append(child)
-            queue.append(child)
-    return found
-
-
 def crash_mlflow_server(lab: Lab) -> None:
     """The head's MLflow server dies at once, with everything it started (SIGKILL to its
     process group): the head's supervisor must notice and start it again."""
-    port = str(lab.ports["mlflow-port"])
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            argv = (entry / "cmdline").read_bytes().decode().split("\0")
-            if (
-                entry.name.isdigit()
-                and "server" in argv
-                and port in argv
-                and any(Path(arg).name == "mlflow" for arg in argv)
-            ):
-                os.killpg(os.getpgid(int(entry.name)), signal.SIGKILL)
+    port = str(lab.ports["mlflow-port"]).encode()
+    for process in processes():
+        if (
+            b"server" in process.argv
+            and port in process.argv
+            and any(Path(arg.decode()).name == "mlflow" for arg in process.argv)
+        ):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(process.pid), signal.SIGKILL)
                 return
-    raise LookupError(f"no `mlflow server ... --port {port}` process is running")
+    raise LookupError(f"no `mlflow server ... --port {port.decode()}` process is running")
 
 
 def kill_host(process: subprocess.Popen) -> None:
     """A host that dies: SIGKILL to its worker command and everything below it at once."""
-    for pid in [process.pid, *descendants(process.pid)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    kill_tree(process.pid)
     process.wait()

@@ -14,6 +14,7 @@ from flows import ablation_report, ablation_tables, mlflow_runs, mlflow_views, s
 from flows.mlflow_app import BROWSER_DEFAULTS, page_with_defaults
 from tasks.params import Params
 from tasks.train import pruning
+from tests.processes import processes
 
 STUDY = "demo"
 PARENT = f"sweep-{STUDY}"
@@ -28,16 +29,11 @@ def _session_commands(url: str) -> list[str]:
     """The command lines of every process in the session of the server answering at `url`
     (mlflow_ui starts it in a session of its own)."""
     port = url.rsplit(":", 1)[1]
-    table: dict[str, tuple[str, str]] = {}  # pid -> (session, command line)
-    for entry in Path("/proc").iterdir():
-        try:
-            session = (entry / "stat").read_text().rsplit(")", 1)[1].split()[3]
-            command = (entry / "cmdline").read_bytes().decode().replace("\0", " ")
-        except (OSError, IndexError):
-            continue
-        table[entry.name] = (session, command)
-    (server,) = {s for s, c in table.values() if "mlflow" in c and f"--port {port}" in c}
-    return [command for session, command in table.values() if session == server]
+    table = processes()
+    (session,) = {
+        p.session for p in table if "mlflow" in p.command and f"--port {port}" in p.command
+    }
+    return [p.command for p in table if p.session == session]
 
 
 def make_sweep(repo: Path, params: Params) -> tuple[str, list[str]]:

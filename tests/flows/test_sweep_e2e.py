@@ -7,7 +7,6 @@ The table and pipeline deployments are tests/flows/test_table_e2e.py, on the oth
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -20,6 +19,7 @@ import optuna
 import pytest
 
 from tests.prefect_stack import PRETRAIN_STEPS, parent_run, prefect_artifacts, runs_of, study
+from tests.processes import kill_tree, processes
 from tests.scratch_repo import run
 
 # One xdist group (conftest.XDIST_GROUPS): its tests share the module's Prefect stack.
@@ -103,22 +103,6 @@ def test_sweep_deployment_runs_three_trials_end_to_end(stack):
     assert {"e2e-t0", "e2e-t1", "e2e-t2"} <= set(listed.split())
 
 
-def _processes() -> list[tuple[int, int, list[bytes], list[bytes]]]:
-    """(pid, parent pid, argv, environment) of every process we may read."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        found.append((int(entry.name), parent, command, environ))
-    return found
-
-
 def _trial_process(stack, study_name: str, trial: int, marker: bytes, timeout: float = 600) -> int:
     """The pid of the process whose NUL-joined argv contains `marker`, started for `trial`
     by this stack (not by another test run's on the same machine)."""
@@ -129,28 +113,15 @@ def _trial_process(stack, study_name: str, trial: int, marker: bytes, timeout: f
     }
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for pid, _, command, environ in _processes():
-            if marker in b"\0".join(command) and wanted <= set(environ):
-                return pid
+        for process in processes():
+            if marker in b"\0".join(process.argv) and wanted <= set(process.environ()):
+                return process.pid
         time.sleep(0.2)
     raise TimeoutError(f"no {marker!r} process of trial {trial} of {study_name} appeared")
 
 
-def _kill_tree(pid: int) -> None:
-    """SIGKILL `pid` and all its descendants at once: a worker's flow run dying outright."""
-    processes = _processes()
-    tree, grew = {pid}, True
-    while grew:
-        children = {child for child, parent, _, _ in processes if parent in tree}
-        grew = not children <= tree
-        tree |= children
-    for member in tree:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(member, signal.SIGKILL)
-
-
 def _parent(pid: int) -> int:
-    return next(parent for child, parent, _, _ in _processes() if child == pid)
+    return next(process.parent for process in processes() if process.pid == pid)
 
 
 def test_killed_trials_are_recorded_failed_and_the_sweep_finishes_the_others(stack):
@@ -171,7 +142,7 @@ def test_killed_trials_are_recorded_failed_and_the_sweep_finishes_the_others(sta
     flow_run_id = next(line.split()[-1] for line in created.stdout.splitlines() if "UUID" in line)
     os.kill(_trial_process(stack, "killed", 0, b"tasks.train\0pretrain"), signal.SIGKILL)
     experiment = _trial_process(stack, "killed", 1, b"dvc")  # `dvc exp run`, child of the flow run
-    _kill_tree(_parent(experiment))
+    kill_tree(_parent(experiment))  # a worker's flow run dying outright
     deadline = time.monotonic() + 1200
     while (state := stack.flow_run(flow_run_id))["state"] not in ("Completed", "Failed", "Crashed"):
         assert time.monotonic() < deadline, "the sweep did not finish"
